@@ -1,0 +1,358 @@
+package main
+
+import (
+	"context"
+	"errors"
+	"flag"
+	"fmt"
+	"io"
+	"log/slog"
+	"net"
+	"net/http"
+	"runtime/debug"
+	"sync"
+
+	"github.com/policygate/policygate/decision"
+	decisionlog "github.com/policygate/policygate/decision/log"
+	"github.com/policygate/policygate/decision/rego"
+	"github.com/policygate/policygate/gateway/authn"
+	"github.com/policygate/policygate/gateway/proxy"
+)
+
+var (
+	errUsage  = errors.New("usage")
+	errFailed = errors.New("failed")
+)
+
+func exitCode(err error) int {
+	if err == errUsage {
+		return 2
+	}
+	return 1
+}
+
+const usage = `policygate — policy-as-code gateway for administrative APIs
+
+Usage:
+  policygate run   --config FILE     run the gateway
+  policygate check --config FILE     validate the configuration and compile the policies
+  policygate test  [-v] DIR...       run the Rego tests (test_ rules) in policy directories
+  policygate version                 print the version
+`
+
+// run is the whole program; main and the end-to-end tests call it.
+func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
+	if len(args) == 0 {
+		fmt.Fprint(stderr, usage)
+		return errUsage
+	}
+	switch args[0] {
+	case "run":
+		return cmdRun(ctx, args[1:], stdout, stderr)
+	case "check":
+		return cmdCheck(ctx, args[1:], stdout, stderr)
+	case "test":
+		return cmdTest(ctx, args[1:], stdout, stderr)
+	case "version", "--version":
+		fmt.Fprintln(stdout, "policygate", version())
+		return nil
+	case "help", "-h", "--help":
+		fmt.Fprint(stdout, usage)
+		return nil
+	default:
+		fmt.Fprintf(stderr, "policygate: unknown command %q\n\n%s", args[0], usage)
+		return errUsage
+	}
+}
+
+func version() string {
+	if bi, ok := debug.ReadBuildInfo(); ok && bi.Main.Version != "" && bi.Main.Version != "(devel)" {
+		return bi.Main.Version
+	}
+	return "dev"
+}
+
+func configFlag(name string, args []string, stderr io.Writer) (string, error) {
+	fs := flag.NewFlagSet(name, flag.ContinueOnError)
+	fs.SetOutput(stderr)
+	path := fs.String("config", "", "configuration file (YAML)")
+	if err := fs.Parse(args); err != nil {
+		return "", errUsage
+	}
+	if *path == "" || fs.NArg() > 0 {
+		fmt.Fprintf(stderr, "usage: policygate %s --config FILE\n", name)
+		return "", errUsage
+	}
+	return *path, nil
+}
+
+func cmdCheck(ctx context.Context, args []string, stdout, stderr io.Writer) error {
+	path, err := configFlag("check", args, stderr)
+	if err != nil {
+		return err
+	}
+	g, err := build(ctx, path, slog.New(slog.DiscardHandler), io.Discard)
+	if err != nil {
+		fmt.Fprintln(stderr, err)
+		return errFailed
+	}
+	g.close()
+	fmt.Fprintf(stdout, "%s: ok (%d routes, policy %s revision %s)\n", path, len(g.cfg.routes.Routes()), g.cfg.policyName, g.policy.Revision())
+	return nil
+}
+
+func cmdTest(ctx context.Context, args []string, stdout, stderr io.Writer) error {
+	fs := flag.NewFlagSet("test", flag.ContinueOnError)
+	fs.SetOutput(stderr)
+	verbose := fs.Bool("v", false, "report every test")
+	if err := fs.Parse(args); err != nil {
+		return errUsage
+	}
+	if fs.NArg() == 0 {
+		fmt.Fprintln(stderr, "usage: policygate test [-v] DIR...")
+		return errUsage
+	}
+	sum, err := rego.RunTests(ctx, stdout, *verbose, fs.Args()...)
+	if err != nil {
+		fmt.Fprintln(stderr, err)
+		return errFailed
+	}
+	if sum.Passed+sum.Failed+sum.Errored == 0 {
+		fmt.Fprintln(stderr, "no tests found")
+		return errFailed
+	}
+	if sum.Failed+sum.Errored > 0 {
+		return errFailed
+	}
+	return nil
+}
+
+// gateway is everything built from one configuration.
+type gateway struct {
+	cfg     *config
+	policy  *rego.Policy
+	authn   *authn.Authenticator
+	logger  *decisionlog.Logger
+	engine  *decision.Engine
+	handler *proxy.Handler
+}
+
+func (g *gateway) close() error {
+	if g.logger != nil {
+		return g.logger.Close()
+	}
+	return nil
+}
+
+// build validates the configuration, compiles the policy and wires the
+// decision path. check and run share it, so check fails exactly when run
+// would refuse to start.
+func build(ctx context.Context, path string, log *slog.Logger, logOut io.Writer) (*gateway, error) {
+	cfg, err := loadConfig(path)
+	var errs []error
+	if err != nil {
+		errs = append(errs, err)
+	}
+	if cfg == nil {
+		return nil, err
+	}
+	g := &gateway{cfg: cfg}
+	a, aerr := authn.New(cfg.authnCfg, authn.Options{BaseDir: cfg.baseDir, Log: log.With("component", "authn")})
+	if aerr != nil {
+		errs = append(errs, prefixed("authn", aerr))
+	}
+	g.authn = a
+	if cfg.policyDir != "" && cfg.routes != nil {
+		p, perr := rego.LoadDir(ctx, cfg.policyDir, cfg.policyName, cfg.policyPaths())
+		if perr != nil {
+			errs = append(errs, fmt.Errorf("policy: %w", perr))
+		}
+		g.policy = p
+	}
+	if err := errors.Join(errs...); err != nil {
+		return nil, err
+	}
+	g.logger, err = decisionlog.New(cfg.logCfg, decisionlog.Options{
+		Stdout:            logOut,
+		CredentialHeaders: a.CredentialHeaders(),
+		Log:               log.With("component", "decision_log"),
+	})
+	if err != nil {
+		return nil, fmt.Errorf("decision_log: %w", err)
+	}
+	g.engine = decision.NewEngine(decision.Config{Timeout: cfg.policyTimeout, Logger: g.logger, Log: log.With("component", "engine")})
+	g.engine.Activate(g.policy)
+	g.handler, err = proxy.New(proxy.Config{
+		Routes:         cfg.routes,
+		Decider:        g.engine,
+		Authenticator:  a,
+		TrustedProxies: cfg.trusted,
+		Log:            log.With("component", "proxy"),
+	})
+	if err != nil {
+		g.close()
+		return nil, err
+	}
+	return g, nil
+}
+
+// prefixed prefixes every joined error with key.
+func prefixed(key string, err error) error {
+	var joined interface{ Unwrap() []error }
+	if errors.As(err, &joined) {
+		var out []error
+		for _, e := range joined.Unwrap() {
+			out = append(out, fmt.Errorf("%s.%w", key, e))
+		}
+		return errors.Join(out...)
+	}
+	return fmt.Errorf("%s.%w", key, err)
+}
+
+func cmdRun(ctx context.Context, args []string, stdout, stderr io.Writer) error {
+	path, err := configFlag("run", args, stderr)
+	if err != nil {
+		return err
+	}
+	log := slog.New(slog.NewTextHandler(stderr, &slog.HandlerOptions{Level: slog.LevelInfo}))
+	g, err := build(ctx, path, log, stdout)
+	if err != nil {
+		fmt.Fprintln(stderr, err)
+		return errFailed
+	}
+	cfg := g.cfg
+	runCtx, cancel := context.WithCancel(ctx)
+	defer cancel()
+	var wg sync.WaitGroup
+	wg.Add(1)
+	go func() {
+		defer wg.Done()
+		_ = g.authn.Run(runCtx) // refreshes remote key sets until runCtx ends
+	}()
+
+	type listener struct {
+		name string
+		srv  *http.Server
+		ln   net.Listener
+		tls  bool
+	}
+	var lns []listener
+	newServer := func(h http.Handler) *http.Server {
+		return &http.Server{
+			Handler:           h,
+			ReadHeaderTimeout: cfg.readHeaderTimeout,
+			IdleTimeout:       cfg.idleTimeout,
+			MaxHeaderBytes:    cfg.maxHeaderBytes,
+			ErrorLog:          slog.NewLogLogger(log.Handler(), slog.LevelWarn),
+			BaseContext:       func(net.Listener) context.Context { return context.WithoutCancel(ctx) },
+		}
+	}
+	listen := func(name, addr string, h http.Handler, useTLS bool) error {
+		ln, err := net.Listen("tcp", addr)
+		if err != nil {
+			return fmt.Errorf("%s: listen %s: %w", name, addr, err)
+		}
+		srv := newServer(h)
+		if useTLS {
+			srv.TLSConfig = cfg.tls
+		}
+		lns = append(lns, listener{name: name, srv: srv, ln: ln, tls: useTLS})
+		return nil
+	}
+	closeAll := func() {
+		for _, l := range lns {
+			l.ln.Close()
+		}
+	}
+	if s := cfg.file.Server; s.Listen != "" {
+		if err := listen("http", s.Listen, g.handler, false); err != nil {
+			closeAll()
+			g.close()
+			return err
+		}
+	}
+	if t := cfg.file.Server.TLS; t != nil {
+		if err := listen("https", t.Listen, g.handler, true); err != nil {
+			closeAll()
+			g.close()
+			return err
+		}
+	}
+	if a := cfg.file.Admin.Listen; a != "" {
+		if err := listen("admin", a, adminHandler(g), false); err != nil {
+			closeAll()
+			g.close()
+			return err
+		}
+	}
+
+	errc := make(chan error, len(lns))
+	for _, l := range lns {
+		log.Info("listening", "listener", l.name, "addr", l.ln.Addr().String())
+		go func() {
+			var err error
+			if l.tls {
+				err = l.srv.ServeTLS(l.ln, "", "")
+			} else {
+				err = l.srv.Serve(l.ln)
+			}
+			if err != nil && !errors.Is(err, http.ErrServerClosed) {
+				errc <- fmt.Errorf("%s: %w", l.name, err)
+			}
+		}()
+	}
+	log.Info("policygate started", "routes", len(cfg.routes.Routes()), "policy", cfg.policyName, "revision", g.policy.Revision())
+
+	var runErr error
+	select {
+	case <-ctx.Done():
+		log.Info("shutting down", "grace", cfg.shutdownGrace)
+	case runErr = <-errc:
+		log.Error("listener failed", "err", runErr)
+	}
+	// In-flight requests finish (and log) within the grace period; then the
+	// decision log drains and flushes.
+	shutCtx, shutCancel := context.WithTimeout(context.WithoutCancel(ctx), cfg.shutdownGrace)
+	defer shutCancel()
+	var swg sync.WaitGroup
+	for _, l := range lns {
+		swg.Add(1)
+		go func() {
+			defer swg.Done()
+			if err := l.srv.Shutdown(shutCtx); err != nil {
+				log.Warn("shutdown incomplete", "listener", l.name, "err", err)
+				l.srv.Close()
+			}
+		}()
+	}
+	swg.Wait()
+	cancel()
+	wg.Wait()
+	if err := g.close(); err != nil {
+		log.Error("decision log close", "err", err)
+		if runErr == nil {
+			runErr = err
+		}
+	}
+	written, failed := g.logger.Stats()
+	log.Info("stopped", "decision_events_written", written, "decision_events_failed", failed)
+	return runErr
+}
+
+func adminHandler(g *gateway) http.Handler {
+	mux := http.NewServeMux()
+	mux.HandleFunc("GET /healthz", func(w http.ResponseWriter, _ *http.Request) {
+		w.Header().Set("Content-Type", "text/plain")
+		_, _ = io.WriteString(w, "ok\n")
+	})
+	mux.HandleFunc("GET /ready", func(w http.ResponseWriter, _ *http.Request) {
+		w.Header().Set("Content-Type", "text/plain")
+		if !g.engine.Ready() {
+			w.WriteHeader(http.StatusServiceUnavailable)
+			_, _ = io.WriteString(w, "no policy activated\n")
+			return
+		}
+		_, _ = io.WriteString(w, "ready\n")
+	})
+	return mux
+}

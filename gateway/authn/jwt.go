@@ -1,0 +1,149 @@
+package authn
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"strings"
+
+	"github.com/go-jose/go-jose/v4"
+	"github.com/go-jose/go-jose/v4/jwt"
+	"github.com/policygate/policygate/decision"
+)
+
+// verifyJWT verifies a compact JWS bearer token and maps its claims to an
+// identity.
+//
+// Claims are decoded once with encoding/json, both into jwt.Claims for the
+// registered claims and into a map for identity.claims, so the checks and
+// the policy see the same document (no parser differential on duplicate
+// members). In identity.claims every JSON number is a float64, as OPA
+// itself would read it; integers beyond 2^53 lose precision.
+func (a *Authenticator) verifyJWT(ctx context.Context, token string) (decision.Identity, error) {
+	s := a.jwt
+	jws, err := jose.ParseSignedCompact(token, s.algorithms)
+	if err != nil {
+		return invalid(fmt.Errorf("jwt: parse: %w", err))
+	}
+	hdr := jws.Signatures[0].Protected
+	for _, name := range []jose.HeaderKey{"crit", "b64"} {
+		// go-jose understands the unencoded-payload extension, but a JWT
+		// never uses it; refusing it keeps one payload encoding.
+		if _, ok := hdr.ExtraHeaders[name]; ok {
+			return invalid(fmt.Errorf("jwt: header %q not accepted", name))
+		}
+	}
+	alg := jose.SignatureAlgorithm(hdr.Algorithm)
+
+	keys, err := a.verificationKeys(ctx, hdr.KeyID, alg)
+	if err != nil {
+		return invalid(fmt.Errorf("jwt: %w", err))
+	}
+	var payload []byte
+	for _, k := range keys {
+		if payload, err = jws.Verify(k.key); err == nil {
+			break
+		}
+	}
+	if err != nil {
+		return invalid(fmt.Errorf("jwt: verify signature (kid %q): %w", hdr.KeyID, err))
+	}
+
+	var std jwt.Claims
+	if err := json.Unmarshal(payload, &std); err != nil {
+		return invalid(fmt.Errorf("jwt: registered claims: %w", err))
+	}
+	var claims map[string]any
+	if err := json.Unmarshal(payload, &claims); err != nil || claims == nil {
+		return invalid(errors.New("jwt: payload is not a JSON object"))
+	}
+	if std.Expiry == nil {
+		return invalid(errors.New("jwt: exp claim required"))
+	}
+	expected := jwt.Expected{Issuer: s.issuer, AnyAudience: s.audiences, Time: a.now()}
+	if err := std.ValidateWithLeeway(expected, s.leeway); err != nil {
+		return invalid(fmt.Errorf("jwt: %w", err))
+	}
+
+	subject, _ := claims[s.subjectClaim].(string)
+	if subject == "" {
+		return invalid(fmt.Errorf("jwt: claim %q must be a non-empty string", s.subjectClaim))
+	}
+	groups, err := groupsOf(claims[s.groupsClaim])
+	if err != nil {
+		return invalid(fmt.Errorf("jwt: claim %q: %w", s.groupsClaim, err))
+	}
+	return decision.Identity{
+		Authenticated: true,
+		Method:        decision.MethodJWT,
+		Subject:       subject,
+		Issuer:        s.issuer,
+		KeyID:         hdr.KeyID,
+		Groups:        groups,
+		Claims:        claims,
+	}, nil
+}
+
+// groupsOf reads a groups claim: absent or null is no groups, a string is
+// split on spaces (the OAuth "scope" convention), an array must hold only
+// strings. Anything else is an error rather than silently no groups.
+func groupsOf(v any) ([]string, error) {
+	switch t := v.(type) {
+	case nil:
+		return []string{}, nil
+	case string:
+		return strings.Fields(t), nil
+	case []any:
+		groups := make([]string, 0, len(t))
+		for i, g := range t {
+			s, ok := g.(string)
+			if !ok {
+				return nil, fmt.Errorf("element %d is not a string", i)
+			}
+			groups = append(groups, s)
+		}
+		return groups, nil
+	default:
+		return nil, fmt.Errorf("want an array of strings or a string, got %T", v)
+	}
+}
+
+// verificationKeys returns the keys that may verify a token with kid and
+// alg. For a JWKS URL, a miss (an unknown kid, or no key set yet) triggers
+// one refetch, rate-limited to one per MinRefetchInterval, so that a key
+// rotated in at the issuer is picked up without waiting for Run.
+func (a *Authenticator) verificationKeys(ctx context.Context, kid string, alg jose.SignatureAlgorithm) ([]verifyKey, error) {
+	ks := a.static
+	if a.remote != nil {
+		ks = a.remote.current.Load()
+	}
+	if ks != nil {
+		keys, err := ks.candidates(kid, alg)
+		if err != nil || len(keys) > 0 {
+			return keys, err
+		}
+	}
+	if a.remote == nil {
+		return nil, fmt.Errorf("no key for kid %q and %s", kid, alg)
+	}
+
+	// A failed fetch is logged here, at most once per MinRefetchInterval;
+	// the rejected token itself is reported through the returned error.
+	err := a.remote.update(ctx, context.WithoutCancel(ctx), false)
+	if err != nil && !errors.Is(err, errRateLimited) && ctx.Err() == nil {
+		a.log.Warn("jwks refetch failed; keeping the previous key set", "error", err)
+	}
+	ks = a.remote.current.Load()
+	if ks == nil {
+		return nil, errors.New("key set not loaded yet")
+	}
+	keys, err := ks.candidates(kid, alg)
+	if err != nil {
+		return nil, err
+	}
+	if len(keys) == 0 {
+		return nil, fmt.Errorf("no key for kid %q and %s", kid, alg)
+	}
+	return keys, nil
+}
