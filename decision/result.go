@@ -47,6 +47,11 @@ func (r *Result) Code() string {
 		return "policy_timeout"
 	case OutcomeNotReady:
 		return "not_ready"
+	}
+	if r.Status == 401 {
+		return "unauthenticated"
+	}
+	switch r.Status {
 	default:
 		return "forbidden"
 	}

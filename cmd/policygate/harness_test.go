@@ -54,7 +54,7 @@ const startTimeout = 30 * time.Second
 // startGateway writes cfg (YAML; "LOGFILE" is replaced by a temp path) to a
 // temp dir next to any extra files, runs the gateway and waits until every
 // listener is up. The gateway is stopped (gracefully) at cleanup.
-func startGateway(t *testing.T, cfg string, files map[string]string) *gatewayProc {
+func startGateway(t testing.TB, cfg string, files map[string]string) *gatewayProc {
 	t.Helper()
 	dir := t.TempDir()
 	g := &gatewayProc{LogPath: filepath.Join(dir, "decisions.jsonl"), Stderr: &syncBuffer{}, Stdout: &syncBuffer{}, done: make(chan error, 1)}
@@ -99,7 +99,7 @@ func startGateway(t *testing.T, cfg string, files map[string]string) *gatewayPro
 }
 
 // Stop shuts the gateway down as SIGTERM would and waits for it.
-func (g *gatewayProc) Stop(t *testing.T) {
+func (g *gatewayProc) Stop(t testing.TB) {
 	t.Helper()
 	if g.cancel == nil {
 		return
@@ -177,7 +177,7 @@ func at(v any, keys ...string) any {
 }
 
 // repoPath returns a path relative to the repository root.
-func repoPath(t *testing.T, rel string) string {
+func repoPath(t testing.TB, rel string) string {
 	t.Helper()
 	p, err := filepath.Abs(filepath.Join("..", "..", rel))
 	if err != nil {

@@ -44,3 +44,12 @@ malformed_decision := {"allow": "yes"}
 
 # A denial with its own status, reason and response header.
 custom_deny := {"allow": false, "status": 429, "reason": "slow_down", "response_headers": {"Retry-After": "7"}}
+
+# Allows everything and tells the upstream what the policy saw, so a test
+# can compare it with what the upstream received.
+echo := {"allow": true, "headers": {
+	"X-Policy-Path": input.request.path,
+	"X-Policy-Segments": json.marshal(input.request.segments),
+	"X-Policy-Query": json.marshal(input.request.query),
+	"X-Policy-Method": input.request.method,
+}}
