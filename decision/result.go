@@ -51,10 +51,7 @@ func (r *Result) Code() string {
 	if r.Status == 401 {
 		return "unauthenticated"
 	}
-	switch r.Status {
-	default:
-		return "forbidden"
-	}
+	return "forbidden"
 }
 
 // HTTPStatus is the status a denied request is answered with: 503 when the
