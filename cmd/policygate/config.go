@@ -117,7 +117,8 @@ func decodeConfig(path string) (*fileConfig, error) {
 		return nil, errors.New(msg)
 	}
 	var extra any
-	if err := dec.Decode(&extra); err == nil {
+	// Anything after the first document is an error, a malformed one too.
+	if err := dec.Decode(&extra); !errors.Is(err, io.EOF) {
 		return nil, fmt.Errorf("%s: more than one YAML document", path)
 	}
 	return &fc, nil

@@ -137,8 +137,11 @@ func contentRevision(b *bundle.Bundle) string {
 	mods := make([]bundle.ModuleFile, len(b.Modules))
 	copy(mods, b.Modules)
 	sort.Slice(mods, func(i, j int) bool { return mods[i].Path < mods[j].Path })
+	// Module paths are where the bundle happens to sit on disk (absolute for
+	// LoadDir), not content: hashing them would give one policy a different
+	// revision on every replica or restored copy.
 	for _, m := range mods {
-		fmt.Fprintf(h, "%s\x00%d\x00", filepath.ToSlash(m.Path), len(m.Raw))
+		fmt.Fprintf(h, "%d\x00", len(m.Raw))
 		h.Write(m.Raw)
 	}
 	if b.Data != nil {
