@@ -16,6 +16,10 @@ type Input struct {
 	Request  Request  `json:"request"`
 	Identity Identity `json:"identity"`
 	Route    Route    `json:"route"`
+	// Extra holds front-door-specific top-level fields (ext_authz adds the
+	// opa-envoy-plugin shape: attributes, parsed_path, ...). Keys never
+	// replace request, identity or route.
+	Extra map[string]any `json:"-"`
 }
 
 // Request is the canonical view of the HTTP request: Path is exactly the path
@@ -86,36 +90,39 @@ func (in *Input) Map() map[string]any {
 	for k, v := range in.Route.Labels {
 		labels[k] = v
 	}
-	return map[string]any{
-		"request": map[string]any{
-			"id":             r.ID,
-			"method":         r.Method,
-			"scheme":         r.Scheme,
-			"host":           r.Host,
-			"path":           r.Path,
-			"raw_path":       r.RawPath,
-			"segments":       stringsToAny(r.Segments),
-			"query":          query,
-			"headers":        headers,
-			"body":           deepCopy(r.Body),
-			"body_truncated": r.BodyTruncated,
-			"remote_addr":    r.RemoteAddr,
-		},
-		"identity": map[string]any{
-			"authenticated": id.Authenticated,
-			"method":        id.Method,
-			"subject":       id.Subject,
-			"issuer":        id.Issuer,
-			"spiffe_id":     id.SpiffeID,
-			"key_id":        id.KeyID,
-			"groups":        stringsToAny(id.Groups),
-			"claims":        deepCopy(id.Claims),
-		},
-		"route": map[string]any{
-			"name":   in.Route.Name,
-			"labels": labels,
-		},
+	m := make(map[string]any, 3+len(in.Extra))
+	for k, v := range in.Extra {
+		m[k] = deepCopy(v)
 	}
+	m["request"] = map[string]any{
+		"id":             r.ID,
+		"method":         r.Method,
+		"scheme":         r.Scheme,
+		"host":           r.Host,
+		"path":           r.Path,
+		"raw_path":       r.RawPath,
+		"segments":       stringsToAny(r.Segments),
+		"query":          query,
+		"headers":        headers,
+		"body":           deepCopy(r.Body),
+		"body_truncated": r.BodyTruncated,
+		"remote_addr":    r.RemoteAddr,
+	}
+	m["identity"] = map[string]any{
+		"authenticated": id.Authenticated,
+		"method":        id.Method,
+		"subject":       id.Subject,
+		"issuer":        id.Issuer,
+		"spiffe_id":     id.SpiffeID,
+		"key_id":        id.KeyID,
+		"groups":        stringsToAny(id.Groups),
+		"claims":        deepCopy(id.Claims),
+	}
+	m["route"] = map[string]any{
+		"name":   in.Route.Name,
+		"labels": labels,
+	}
+	return m
 }
 
 func stringsToAny(ss []string) []any {

@@ -12,10 +12,15 @@ import (
 	"runtime/debug"
 	"sync"
 
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/prometheus/client_golang/prometheus/collectors"
+	"github.com/prometheus/client_golang/prometheus/promhttp"
+
 	"github.com/policygate/policygate/decision"
 	decisionlog "github.com/policygate/policygate/decision/log"
 	"github.com/policygate/policygate/decision/rego"
 	"github.com/policygate/policygate/gateway/authn"
+	"github.com/policygate/policygate/gateway/guard"
 	"github.com/policygate/policygate/gateway/proxy"
 )
 
@@ -134,7 +139,9 @@ type gateway struct {
 	authn   *authn.Authenticator
 	logger  *decisionlog.Logger
 	engine  *decision.Engine
+	guard   *guard.Guard
 	handler *proxy.Handler
+	metrics *prometheus.Registry
 }
 
 func (g *gateway) close() error {
@@ -156,7 +163,8 @@ func build(ctx context.Context, path string, log *slog.Logger, logOut io.Writer)
 	if cfg == nil {
 		return nil, err
 	}
-	g := &gateway{cfg: cfg}
+	g := &gateway{cfg: cfg, metrics: prometheus.NewRegistry()}
+	g.metrics.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
 	a, aerr := authn.New(cfg.authnCfg, authn.Options{BaseDir: cfg.baseDir, Log: log.With("component", "authn")})
 	if aerr != nil {
 		errs = append(errs, prefixed("authn", aerr))
@@ -182,13 +190,19 @@ func build(ctx context.Context, path string, log *slog.Logger, logOut io.Writer)
 	}
 	g.engine = decision.NewEngine(decision.Config{Timeout: cfg.policyTimeout, Logger: g.logger, Log: log.With("component", "engine")})
 	g.engine.Activate(g.policy)
-	g.handler, err = proxy.New(proxy.Config{
+	g.guard, err = guard.New(guard.Config{
 		Routes:         cfg.routes,
 		Decider:        g.engine,
 		Authenticator:  a,
 		TrustedProxies: cfg.trusted,
-		Log:            log.With("component", "proxy"),
+		Registerer:     g.metrics,
+		Log:            log.With("component", "guard"),
 	})
+	if err != nil {
+		g.close()
+		return nil, err
+	}
+	g.handler, err = proxy.New(proxy.Config{Guard: g.guard, Log: log.With("component", "proxy")})
 	if err != nil {
 		g.close()
 		return nil, err
@@ -341,6 +355,7 @@ func cmdRun(ctx context.Context, args []string, stdout, stderr io.Writer) error 
 
 func adminHandler(g *gateway) http.Handler {
 	mux := http.NewServeMux()
+	mux.Handle("GET /metrics", promhttp.HandlerFor(g.metrics, promhttp.HandlerOpts{}))
 	mux.HandleFunc("GET /healthz", func(w http.ResponseWriter, _ *http.Request) {
 		w.Header().Set("Content-Type", "text/plain")
 		_, _ = io.WriteString(w, "ok\n")

@@ -43,11 +43,18 @@ func InputValue(in *decision.Input) ast.Value {
 		item("name", ast.String(in.Route.Name)),
 		item("labels", stringObject(in.Route.Labels)),
 	)
-	return ast.NewObject(
+	obj := ast.NewObject(
 		[2]*ast.Term{ast.StringTerm("request"), ast.NewTerm(request)},
 		[2]*ast.Term{ast.StringTerm("identity"), ast.NewTerm(identity)},
 		[2]*ast.Term{ast.StringTerm("route"), ast.NewTerm(route)},
 	)
+	for _, k := range sortedKeys(in.Extra) {
+		if k == "request" || k == "identity" || k == "route" {
+			continue
+		}
+		obj.Insert(ast.StringTerm(k), ast.NewTerm(jsonValue(in.Extra[k])))
+	}
+	return obj
 }
 
 func item(k string, v ast.Value) [2]*ast.Term {

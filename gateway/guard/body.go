@@ -1,4 +1,4 @@
-package proxy
+package guard
 
 import (
 	"bytes"
@@ -25,31 +25,31 @@ func (e *bodyError) Unwrap() error { return e.err }
 // followed by the unread rest, so the upstream always receives the whole
 // body. Bodies the parsers of gateway and backend could read differently —
 // duplicate JSON keys, trailing data, invalid UTF-8 — are rejected.
-func readBody(r *http.Request, limit int64, contentType string, in *decision.Input, st *state) error {
-	if limit < 0 || r.Body == nil || r.Body == http.NoBody || r.ContentLength == 0 {
+func readBody(body io.Reader, contentLength, limit int64, contentType string, in *decision.Input, v *Verdict) error {
+	if limit < 0 || body == nil || body == http.NoBody || contentLength == 0 {
 		return nil
 	}
 	kind := bodyKind(contentType)
 	if kind == "" {
 		return nil // opaque to the policy; streamed through untouched
 	}
-	buf, err := io.ReadAll(io.LimitReader(r.Body, limit+1))
+	buf, err := io.ReadAll(io.LimitReader(body, limit+1))
 	if err != nil {
 		return &bodyError{fmt.Errorf("read: %w", err)}
 	}
 	if int64(len(buf)) > limit {
 		in.Request.BodyTruncated = true
-		st.body, st.bodyLen = io.MultiReader(bytes.NewReader(buf), r.Body), r.ContentLength
+		v.Body, v.BodyLen = io.MultiReader(bytes.NewReader(buf), body), contentLength
 		return nil
 	}
-	st.body, st.bodyLen = bytes.NewReader(buf), int64(len(buf))
+	v.Body, v.BodyLen = bytes.NewReader(buf), int64(len(buf))
 	switch kind {
 	case "json":
-		v, err := parseJSON(buf)
+		val, err := parseJSON(buf)
 		if err != nil {
 			return &bodyError{err}
 		}
-		in.Request.Body = v
+		in.Request.Body = val
 	case "form":
 		if !utf8.Valid(buf) {
 			return &bodyError{errors.New("invalid UTF-8 in form body")}

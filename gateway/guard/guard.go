@@ -1,0 +1,406 @@
+// Package guard is the decision path every front door shares: it
+// canonicalizes a request, routes it, cleans its headers, authenticates the
+// caller, reads the body for the policy, builds the canonical input and asks
+// the decision engine. The HTTP reverse proxy, the forward-auth endpoint and
+// the Envoy ext_authz server each turn their own wire format into a
+// Request and act on the Verdict, so one policy governs a call whichever
+// way it arrives.
+//
+// It must not import decision internals (decision/rego, decision/log),
+// bundles or xds.
+//
+// Concurrency: a *Guard is immutable after New and safe for concurrent use.
+package guard
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"log/slog"
+	"net/http"
+	"net/netip"
+	"net/textproto"
+	"strings"
+	"time"
+
+	"github.com/prometheus/client_golang/prometheus"
+
+	"github.com/policygate/policygate/decision"
+	"github.com/policygate/policygate/gateway/canon"
+	"github.com/policygate/policygate/gateway/route"
+)
+
+// Decider evaluates and records decisions (decision.Engine).
+type Decider interface {
+	Decide(ctx context.Context, path string, in *decision.Input) *decision.Decision
+	Record(ctx context.Context, d *decision.Decision, c decision.Completion) error
+}
+
+// Authenticator verifies the caller's credentials (authn.Authenticator).
+type Authenticator interface {
+	Authenticate(ctx context.Context, h http.Header) (decision.Identity, error)
+	CredentialHeaders() []string
+}
+
+// Config wires a Guard.
+type Config struct {
+	Routes        *route.Table
+	Decider       Decider
+	Authenticator Authenticator
+	// TrustedProxies are peers whose forwarding headers (X-Forwarded-*,
+	// Forwarded, X-Original-URL, ...) are believed. Empty: nobody's are.
+	TrustedProxies []netip.Prefix
+	// Registerer receives the request metrics. Nil registers nothing.
+	Registerer prometheus.Registerer
+	// Log receives operational errors. Nil discards.
+	Log *slog.Logger
+}
+
+// Guard runs the shared decision path.
+type Guard struct {
+	routes  *route.Table
+	decider Decider
+	authn   Authenticator
+	trusted []netip.Prefix
+	log     *slog.Logger
+	metrics *metrics
+	strip   []string // canonical header names never forwarded nor shown to policies
+}
+
+// Header names the gateway owns; clients cannot supply them.
+const (
+	HeaderDecisionID      = "X-Decision-Id"
+	HeaderUpstreamID      = "X-Policygate-Decision-Id"
+	HeaderUpstreamSubject = "X-Policygate-Subject"
+	gatewayHeaderPrefix   = "X-Policygate-"
+)
+
+var (
+	hopByHop = []string{
+		"Connection", "Proxy-Connection", "Keep-Alive", "Proxy-Authenticate",
+		"Proxy-Authorization", "Te", "Trailer", "Transfer-Encoding", "Upgrade",
+	}
+	methodOverride = []string{"X-Http-Method-Override", "X-Http-Method", "X-Method-Override"}
+	// Only trusted proxies may say where a request came from or what it
+	// originally asked for.
+	forwarding = []string{
+		"Forwarded", "X-Forwarded-For", "X-Forwarded-Host", "X-Forwarded-Proto",
+		"X-Forwarded-Port", "X-Forwarded-Uri", "X-Forwarded-Path", "X-Forwarded-Prefix",
+		"X-Forwarded-Method", "X-Original-Url", "X-Original-Uri", "X-Original-Method",
+		"X-Rewrite-Url", "X-Envoy-Original-Path", "X-Real-Ip", "X-Client-Ip",
+		"True-Client-Ip", "Cf-Connecting-Ip",
+	}
+)
+
+// New builds a Guard.
+func New(cfg Config) (*Guard, error) {
+	if cfg.Routes == nil || cfg.Decider == nil || cfg.Authenticator == nil {
+		return nil, errors.New("guard: routes, decider and authenticator are required")
+	}
+	g := &Guard{
+		routes:  cfg.Routes,
+		decider: cfg.Decider,
+		authn:   cfg.Authenticator,
+		trusted: cfg.TrustedProxies,
+		log:     cfg.Log,
+	}
+	if g.log == nil {
+		g.log = slog.New(slog.DiscardHandler)
+	}
+	m, err := newMetrics(cfg.Registerer)
+	if err != nil {
+		return nil, fmt.Errorf("guard: metrics: %w", err)
+	}
+	g.metrics = m
+	g.strip = append(g.strip, hopByHop...)
+	g.strip = append(g.strip, methodOverride...)
+	for _, c := range cfg.Authenticator.CredentialHeaders() {
+		g.strip = append(g.strip, textproto.CanonicalMIMEHeaderKey(c))
+	}
+	return g, nil
+}
+
+// Routes returns the routing table.
+func (g *Guard) Routes() *route.Table { return g.routes }
+
+// Request is one call as a front door received it.
+type Request struct {
+	Method string
+	Target string // origin-form request-target as received ("/a/b?x=1")
+	Host   string // Host header or :authority
+	Header http.Header
+	Peer   netip.Addr // the TCP peer (or, for ext_authz, Envoy's downstream address)
+	TLS    bool
+	// Body is read up to the route's body limit for the policy. The
+	// Verdict's Body replays what was read followed by the rest.
+	Body          io.Reader
+	ContentLength int64 // -1 when unknown
+	// BodyTruncated marks a body the front door received only in part
+	// (ext_authz's partial body): the policy never sees it parsed.
+	BodyTruncated bool
+	// Extra adds front-door-specific top-level input fields (ext_authz
+	// adds the opa-envoy-plugin shape).
+	Extra map[string]any
+	// Start is when the front door received the request. Zero means now.
+	Start time.Time
+	// FrontDoor names the front door in metrics ("proxy", "forward_auth",
+	// "ext_authz").
+	FrontDoor string
+}
+
+// Verdict is the outcome of the decision path for one request.
+type Verdict struct {
+	Allowed bool
+	Status  int    // status to answer a refused request with
+	Code    string // short reason code for refused requests
+	Reason  string // policy-authored reason, may be empty
+
+	Decision *decision.Decision // always set, also for requests refused before evaluation
+	Route    *route.Route       // nil when no route matched
+	Target   *canon.Target      // nil when the target was rejected
+	Header   http.Header        // the client's headers as the policy saw them
+	Removed  []string           // header names removed from the client's request
+	XFF      string             // a trusted proxy's X-Forwarded-For chain to extend
+	Body     io.Reader          // the body to forward, nil when not read
+	BodyLen  int64
+
+	start     time.Time
+	frontDoor string
+}
+
+// ID is the decision id of the request.
+func (v *Verdict) ID() string { return v.Decision.ID }
+
+// Start is when the request was received.
+func (v *Verdict) Start() time.Time { return v.start }
+
+// Check runs the decision path for req. It never returns an allowing
+// Verdict for a request it could not fully canonicalize, route,
+// authenticate and evaluate.
+func (g *Guard) Check(ctx context.Context, req *Request) *Verdict {
+	start := req.Start
+	if start.IsZero() {
+		start = time.Now()
+	}
+	in := &decision.Input{Identity: decision.Anonymous(), Extra: req.Extra}
+	in.Request = decision.Request{
+		ID:         decision.NewID(),
+		Method:     req.Method,
+		RawPath:    rawPathOf(req.Target),
+		Headers:    map[string]string{},
+		Query:      map[string][]string{},
+		Segments:   []string{},
+		RemoteAddr: "",
+		Scheme:     "http",
+	}
+	if req.TLS {
+		in.Request.Scheme = "https"
+	}
+	v := &Verdict{start: start, frontDoor: req.FrontDoor}
+	peer, trusted := g.clientAddr(req.Peer, req.Header)
+	if peer.IsValid() {
+		in.Request.RemoteAddr = peer.String()
+	}
+
+	// The request-target is parsed permissively for %2F here; the route
+	// decides below whether it accepts encoded slashes.
+	tg, err := canon.Parse(req.Target, canon.Options{AllowEncodedSlash: true})
+	if err != nil {
+		return g.refuse(v, in, http.StatusBadRequest, codeOf(err), err)
+	}
+	host, err := canon.Host(req.Host)
+	if err != nil {
+		return g.refuse(v, in, http.StatusBadRequest, codeOf(err), err)
+	}
+	v.Target = tg
+	in.Request.Host, in.Request.Path, in.Request.Segments = host, tg.Path, tg.Segments
+	if tg.Query != nil {
+		in.Request.Query = map[string][]string(tg.Query)
+	}
+	rt := g.routes.Match(host, tg.Path)
+	if rt == nil {
+		return g.refuse(v, in, http.StatusNotFound, "no_route", nil)
+	}
+	v.Route = rt
+	in.Route = decision.Route{Name: rt.Name, Labels: rt.Labels}
+	if in.Route.Labels == nil {
+		in.Route.Labels = map[string]string{}
+	}
+	if !rt.AllowEncodedSlash && hasSlash(tg.Segments) {
+		return g.refuse(v, in, http.StatusBadRequest, "bad_path", errors.New("encoded slash not allowed on this route"))
+	}
+	if _, ok := tg.Query["_method"]; ok {
+		return g.refuse(v, in, http.StatusBadRequest, "method_override", errors.New("_method query parameter"))
+	}
+	if req.Header.Get("Upgrade") != "" {
+		return g.refuse(v, in, http.StatusBadRequest, "upgrade_not_supported", nil)
+	}
+
+	v.Header, v.XFF, v.Removed = g.cleanHeader(req.Header, trusted)
+	in.Request.Headers = flatten(v.Header)
+
+	ident, err := g.authn.Authenticate(ctx, req.Header)
+	if err != nil {
+		return g.refuse(v, in, http.StatusUnauthorized, "invalid_credentials", err)
+	}
+	in.Identity = ident
+
+	if req.BodyTruncated {
+		in.Request.BodyTruncated = true
+		v.Body, v.BodyLen = req.Body, req.ContentLength
+	} else if err := readBody(req.Body, req.ContentLength, rt.BodyLimit, v.Header.Get("Content-Type"), in, v); err != nil {
+		return g.refuse(v, in, http.StatusBadRequest, codeOf(err), err)
+	}
+
+	d := g.decider.Decide(ctx, rt.Policy, in)
+	v.Decision = d
+	v.Allowed = d.Result.Allow
+	v.Reason = d.Result.Reason
+	if !v.Allowed {
+		v.Status, v.Code = d.Result.HTTPStatus(), d.Result.Code()
+	}
+	return v
+}
+
+// refuse builds the Verdict of a request refused before any policy ran
+// (malformed, unrouted, bad credentials). It is logged like any decision.
+func (g *Guard) refuse(v *Verdict, in *decision.Input, status int, code string, cause error) *Verdict {
+	v.Allowed, v.Status, v.Code = false, status, code
+	v.Decision = &decision.Decision{
+		ID:        in.Request.ID,
+		Input:     in,
+		Timestamp: v.start,
+		Result:    decision.Result{Outcome: decision.OutcomeDeny, Reason: code, Status: status},
+		Err:       cause,
+	}
+	return v
+}
+
+// Record logs the request's decision with how it ended. The event is
+// written even when the client has gone away.
+func (g *Guard) Record(ctx context.Context, v *Verdict, c decision.Completion) {
+	if c.Latency == 0 {
+		c.Latency = time.Since(v.start)
+	}
+	_ = g.decider.Record(context.WithoutCancel(ctx), v.Decision, c)
+	g.metrics.observe(v.frontDoor, v, c)
+}
+
+func codeOf(err error) string {
+	var ce *canon.Error
+	if errors.As(err, &ce) {
+		return ce.Code
+	}
+	var be *bodyError
+	if errors.As(err, &be) {
+		return "bad_body"
+	}
+	return "bad_request"
+}
+
+func rawPathOf(target string) string {
+	p, _, _ := strings.Cut(target, "?")
+	return p
+}
+
+func hasSlash(segs []string) bool {
+	for _, s := range segs {
+		if strings.ContainsAny(s, `/\`) {
+			return true
+		}
+	}
+	return false
+}
+
+// IsTrusted reports whether a is a configured trusted proxy.
+func (g *Guard) IsTrusted(a netip.Addr) bool {
+	a = a.Unmap()
+	for _, p := range g.trusted {
+		if p.Contains(a) {
+			return true
+		}
+	}
+	return false
+}
+
+// clientAddr returns the client address the policy sees and whether the
+// peer is a trusted proxy. For trusted peers it walks X-Forwarded-For from
+// the right and returns the first hop that is not itself trusted.
+func (g *Guard) clientAddr(peer netip.Addr, h http.Header) (netip.Addr, bool) {
+	peer = peer.Unmap()
+	if !peer.IsValid() || !g.IsTrusted(peer) {
+		return peer, false
+	}
+	hops := strings.Split(strings.Join(h.Values("X-Forwarded-For"), ","), ",")
+	client := peer
+	for i := len(hops) - 1; i >= 0; i-- {
+		s := strings.TrimSpace(hops[i])
+		if s == "" {
+			continue
+		}
+		a, err := netip.ParseAddr(s)
+		if err != nil {
+			break
+		}
+		client = a.Unmap()
+		if !g.IsTrusted(client) {
+			break
+		}
+	}
+	return client, true
+}
+
+// cleanHeader returns the client's headers without hop-by-hop headers
+// (including those named in Connection), credentials, method overrides,
+// gateway-owned names and — unless the peer is trusted — forwarding and
+// path-override headers. The policy sees exactly these; the upstream gets
+// these plus what the gateway adds. It also returns a trusted peer's
+// X-Forwarded-For chain and the names it removed.
+func (g *Guard) cleanHeader(in http.Header, trusted bool) (http.Header, string, []string) {
+	out := in.Clone()
+	if out == nil {
+		out = http.Header{}
+	}
+	var removed []string
+	del := func(name string) {
+		name = textproto.CanonicalMIMEHeaderKey(name)
+		if _, ok := out[name]; ok {
+			delete(out, name)
+			removed = append(removed, name)
+		}
+	}
+	for _, v := range in.Values("Connection") {
+		for _, name := range strings.Split(v, ",") {
+			if name = textproto.TrimString(name); name != "" {
+				del(name)
+			}
+		}
+	}
+	for _, name := range g.strip {
+		del(name)
+	}
+	for name := range out {
+		if strings.HasPrefix(name, gatewayHeaderPrefix) || name == HeaderDecisionID {
+			del(name)
+		}
+	}
+	xff := ""
+	if trusted {
+		xff = strings.Join(out.Values("X-Forwarded-For"), ", ")
+	} else {
+		for _, name := range forwarding {
+			del(name)
+		}
+	}
+	delete(out, "X-Forwarded-For") // rebuilt by the front door
+	return out, xff, removed
+}
+
+func flatten(h http.Header) map[string]string {
+	m := make(map[string]string, len(h))
+	for k, vs := range h {
+		m[strings.ToLower(k)] = strings.Join(vs, ", ")
+	}
+	return m
+}
