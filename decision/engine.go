@@ -9,6 +9,8 @@ import (
 	"log/slog"
 	"sync/atomic"
 	"time"
+
+	"golang.org/x/sync/singleflight"
 )
 
 // Policy is one compiled, immutable policy revision. decision/rego provides
@@ -37,6 +39,12 @@ type Config struct {
 	Log *slog.Logger
 	// Now is the clock. Nil means time.Now.
 	Now func() time.Time
+	// Cache keeps decisions between requests (decision/cache). Nil, the
+	// default, turns caching off: every request is evaluated.
+	Cache Cache
+	// Metrics observes decisions and evaluations (decision/metrics). Nil
+	// records nothing.
+	Metrics Metrics
 }
 
 // Engine decides requests with the active policy and logs every decision.
@@ -46,17 +54,28 @@ type Engine struct {
 	logger  Logger
 	log     *slog.Logger
 	now     func() time.Time
+	cache   Cache
+	metrics Metrics
+	flight  singleflight.Group // concurrent identical cache misses, by key
 }
 
 type activePolicy struct {
 	p       Policy
 	bundles map[string]string
+	cp      CachePolicy // nil when p cannot say what its rules read
+	gen     uint64      // unique per activation; part of every cache key
 }
+
+// activations numbers activations process-wide, so that no two activations
+// (of any engine sharing a cache) ever share cache keys, even for identical
+// content: re-activating a bundle whose manifest revision did not change
+// but whose data did must not serve the old decisions.
+var activations atomic.Uint64
 
 // NewEngine returns an Engine with no policy: until Activate is called it
 // is not ready and denies everything.
 func NewEngine(cfg Config) *Engine {
-	e := &Engine{timeout: cfg.Timeout, logger: cfg.Logger, log: cfg.Log, now: cfg.Now}
+	e := &Engine{timeout: cfg.Timeout, logger: cfg.Logger, log: cfg.Log, now: cfg.Now, cache: cfg.Cache, metrics: cfg.Metrics}
 	if e.timeout <= 0 {
 		e.timeout = time.Second
 	}
@@ -66,13 +85,20 @@ func NewEngine(cfg Config) *Engine {
 	if e.now == nil {
 		e.now = time.Now
 	}
+	if e.metrics == nil {
+		e.metrics = noMetrics{}
+	}
 	return e
 }
 
 // Activate makes p the policy for every decision that starts after it
-// returns. p must already be compiled and checked.
+// returns. p must already be compiled and checked. Every cached decision of
+// earlier activations becomes unreachable at once: cache keys include the
+// activation.
 func (e *Engine) Activate(p Policy) {
-	e.policy.Store(&activePolicy{p: p, bundles: p.Bundles()})
+	ap := &activePolicy{p: p, bundles: p.Bundles(), gen: activations.Add(1)}
+	ap.cp, _ = p.(CachePolicy)
+	e.policy.Store(ap)
 }
 
 // Ready reports whether a policy has been activated.
@@ -80,7 +106,9 @@ func (e *Engine) Ready() bool { return e.policy.Load() != nil }
 
 // Decision is one evaluated request: what was asked, under which revision,
 // and what the policy answered. Err holds internal error text for the log
-// only; it never reaches a client.
+// only; it never reaches a client. The Decision is the request's own; its
+// Result may be shared with other requests through the cache, so its maps
+// and slices are read-only.
 type Decision struct {
 	ID        string
 	Path      string
@@ -88,14 +116,19 @@ type Decision struct {
 	Result    Result
 	Bundles   map[string]string
 	Timestamp time.Time
-	EvalTime  time.Duration
+	EvalTime  time.Duration // zero for a cache hit
+	CacheHit  bool          // the result was reused, not evaluated
 	Err       error
 }
 
-// Decide evaluates path for in under the engine's timeout. The decision id
-// is in.Request.ID, assigned here when empty. It never returns
-// an allow for an undefined, malformed, failed or timed-out evaluation.
-func (e *Engine) Decide(ctx context.Context, path string, in *Input) *Decision {
+// Decide evaluates path for in under the engine's timeout, or reuses a
+// cached decision of the same activation for an input that agrees on
+// everything the rule reads (see CachePolicy). The decision id is
+// in.Request.ID, assigned here when empty. It never returns an allow for an
+// undefined, malformed, failed or timed-out evaluation. in must not change
+// while Decide runs.
+func (e *Engine) Decide(ctx context.Context, path string, in *Input, opts ...DecideOption) *Decision {
+	start := time.Now()
 	if in.Request.ID == "" {
 		in.Request.ID = NewID()
 	}
@@ -104,28 +137,52 @@ func (e *Engine) Decide(ctx context.Context, path string, in *Input) *Decision {
 	if ap == nil {
 		d.Result = Result{Outcome: OutcomeNotReady}
 		d.Err = errors.New("no policy activated")
+		e.metrics.ObserveDecision(path, d.Result.Outcome, CacheOff, time.Since(start))
 		return d
 	}
 	d.Bundles = ap.bundles
+	status := CacheOff
+	if e.cache != nil && ap.cp != nil {
+		var o decideOptions
+		for _, opt := range opts {
+			opt(&o)
+		}
+		status = e.decideCached(ctx, ap, path, in, o, d)
+	} else {
+		ev := e.evaluate(ctx, ap, path, in)
+		d.Result, d.EvalTime, d.Err = ev.res, ev.took, ev.err
+	}
+	e.metrics.ObserveDecision(path, d.Result.Outcome, status, time.Since(start))
+	return d
+}
+
+// evaluation is the outcome of one policy evaluation.
+type evaluation struct {
+	res  Result
+	took time.Duration
+	err  error
+}
+
+// evaluate runs the policy under the engine's timeout and interprets what
+// it returned.
+func (e *Engine) evaluate(ctx context.Context, ap *activePolicy, path string, in *Input) evaluation {
 	ctx, cancel := context.WithTimeout(ctx, e.timeout)
 	defer cancel()
 	start := time.Now()
 	v, defined, err := ap.p.Eval(ctx, path, in)
-	d.EvalTime = time.Since(start)
+	ev := evaluation{took: time.Since(start)}
+	e.metrics.ObserveEval(path, ev.took)
 	switch {
 	case err != nil && (errors.Is(err, context.DeadlineExceeded) || ctx.Err() == context.DeadlineExceeded):
-		d.Result = Result{Outcome: OutcomeTimeout}
-		d.Err = fmt.Errorf("evaluate %s: %w", path, err)
+		ev.res = Result{Outcome: OutcomeTimeout}
+		ev.err = fmt.Errorf("evaluate %s: %w", path, err)
 	case err != nil:
-		d.Result = Result{Outcome: OutcomeError}
-		d.Err = fmt.Errorf("evaluate %s: %w", path, err)
+		ev.res = Result{Outcome: OutcomeError}
+		ev.err = fmt.Errorf("evaluate %s: %w", path, err)
 	default:
-		d.Result, err = Interpret(v, defined)
-		if err != nil {
-			d.Err = err
-		}
+		ev.res, ev.err = Interpret(v, defined)
 	}
-	return d
+	return ev
 }
 
 // Outcome of the whole request, known once the response is written.
@@ -135,6 +192,9 @@ type Completion struct {
 	UpstreamLatency time.Duration // 0 when the upstream was not called
 	Latency         time.Duration // whole request, as seen by the gateway
 	Error           string        // internal error (upstream failure), log only
+	// RateLimit describes the rate-limit check (which limit applied and
+	// its outcome) as a JSON-encodable value; nil when none ran.
+	RateLimit any
 }
 
 // Record logs d with how the request ended. Logging failures are reported
@@ -149,6 +209,35 @@ func (e *Engine) Record(ctx context.Context, d *Decision, c Completion) error {
 		return err
 	}
 	return nil
+}
+
+// syncLogger is a Logger that can confirm an event is stored durably
+// (decision/log.Logger in durable mode).
+type syncLogger interface {
+	LogSync(ctx context.Context, ev *Event) error
+}
+
+// Commit durably records that d authorized a request, before the request
+// is forwarded, for routes where a privileged call must not happen without
+// its log event ("no log, no call"). The event has phase "authorized"; the
+// completion event Record writes later carries the same decision id. An
+// error means the log could not store the event: the caller must refuse.
+func (e *Engine) Commit(ctx context.Context, d *Decision) error {
+	if e.logger == nil {
+		return errors.New("decision log: not configured")
+	}
+	ev := NewEvent(d, Completion{})
+	ev.Phase = PhaseAuthorized
+	var err error
+	if sl, ok := e.logger.(syncLogger); ok {
+		err = sl.LogSync(ctx, ev)
+	} else {
+		err = e.logger.Log(ctx, ev)
+	}
+	if err != nil {
+		e.log.Error("decision log commit failed", "decision_id", d.ID, "err", err)
+	}
+	return err
 }
 
 // NewID returns a random 128-bit identifier in hex, used for decision ids.

@@ -26,11 +26,19 @@ type Event struct {
 	Status         int     `json:"status"`
 	UpstreamStatus int     `json:"upstream_status,omitempty"`
 	Error          string  `json:"error,omitempty"`
+	CacheHit       bool    `json:"cache_hit"` // the decision was reused from the cache
+	RateLimit      any     `json:"rate_limit,omitempty"`
+	// Phase is "authorized" for the event a log_fail_closed route commits
+	// before forwarding; empty for the completion event of every request.
+	Phase string `json:"phase,omitempty"`
 
 	// Mask lists input paths (e.g. "input.request.body.password") the
 	// policy asked to redact; the log applies it and does not write it.
 	Mask []string `json:"-"`
 }
+
+// PhaseAuthorized marks an event committed before forwarding.
+const PhaseAuthorized = "authorized"
 
 // BundleInfo is the revision of one bundle that served a decision.
 type BundleInfo struct {
@@ -54,6 +62,8 @@ func NewEvent(d *Decision, c Completion) *Event {
 		Reason:         d.Result.Reason,
 		Status:         c.Status,
 		UpstreamStatus: c.UpstreamStatus,
+		CacheHit:       d.CacheHit,
+		RateLimit:      c.RateLimit,
 		Mask:           d.Result.Mask,
 		Metrics: map[string]int64{
 			"timer_rego_query_eval_ns": d.EvalTime.Nanoseconds(),

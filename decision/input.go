@@ -1,13 +1,15 @@
 // Package decision owns the policy decision contract: the canonical Input a
-// policy sees, the Result it returns, and the Engine that evaluates a request
-// (evaluate → interpret → log).
+// policy sees, the Result it returns, and the Engine that decides a request
+// (cache → evaluate → interpret → log).
 //
 // It must not import gateway, bundles, xds or net/http; OPA itself lives only
 // in decision/rego, decision logging in decision/log.
 //
 // Concurrency: an Engine is safe for concurrent use. The active policy is an
 // immutable value behind an atomic pointer; each Decide call loads it once,
-// so one request is never decided by two revisions.
+// so one request is never decided by two revisions. Cache keys include the
+// activation, so a new one makes every cached decision unreachable at once;
+// cached Results are shared between requests and never modified.
 package decision
 
 // Input is the document a policy sees as `input`. The gateway builds it once

@@ -31,6 +31,8 @@ type Result struct {
 	ResponseHeaders map[string]string // set on the response to the client
 	Mask            []string          // input paths to redact in the log
 	Labels          map[string]string // added to the log event
+	RateLimits      []RateLimit       // limits to enforce on the request, see ParseRateLimits
+	Cache           CacheDirective    // the decision's "cache" field, see ParseCache
 	Raw             any               // the policy's value as returned, for the log
 }
 
@@ -114,6 +116,21 @@ func interpretObject(m map[string]any, res Result) (Result, error) {
 		}
 		res.Reason = s
 	}
+	// opa-envoy-plugin's names are accepted too, so its policies run
+	// unchanged: http_status, response_headers_to_add,
+	// request_headers_to_remove.
+	aliases := map[string]string{
+		"http_status":               "status",
+		"response_headers_to_add":   "response_headers",
+		"request_headers_to_remove": "remove_headers",
+	}
+	for alias, name := range aliases {
+		if v, ok := m[alias]; ok {
+			if _, set := m[name]; !set {
+				m = withKey(m, name, v)
+			}
+		}
+	}
 	if v, ok := m["status"]; ok {
 		n, err := asInt(v)
 		if err != nil || n < 400 || n > 599 {
@@ -137,6 +154,18 @@ func interpretObject(m map[string]any, res Result) (Result, error) {
 	if res.Mask, err = stringList(m, "mask"); err != nil {
 		return fail(err)
 	}
+	if v, ok := m["rate_limit"]; ok {
+		if res.RateLimits, err = ParseRateLimits(v); err != nil {
+			return fail(err)
+		}
+	}
+	if v, ok := m["cache"]; ok {
+		ttl, off, _, err := ParseCache(v)
+		if err != nil {
+			return fail(err)
+		}
+		res.Cache = CacheDirective{TTL: ttl, Off: off}
+	}
 	if v, ok := m["labels"]; ok {
 		lm, isMap := v.(map[string]any)
 		if !isMap {
@@ -150,6 +179,17 @@ func interpretObject(m map[string]any, res Result) (Result, error) {
 	return res, nil
 }
 
+// withKey returns a copy of m with k set: the policy's value is never
+// modified.
+func withKey(m map[string]any, k string, v any) map[string]any {
+	c := make(map[string]any, len(m)+1)
+	for kk, vv := range m {
+		c[kk] = vv
+	}
+	c[k] = v
+	return c
+}
+
 func headerMap(m map[string]any, key string) (map[string]string, error) {
 	v, ok := m[key]
 	if !ok {
@@ -161,14 +201,32 @@ func headerMap(m map[string]any, key string) (map[string]string, error) {
 	}
 	out := make(map[string]string, len(hm))
 	for k, x := range hm {
-		s, isStr := x.(string)
-		if !isStr {
+		var s string
+		switch t := x.(type) {
+		case string:
+			s = t
+		case []any: // opa-envoy-plugin allows several values
+			parts := make([]string, 0, len(t))
+			for _, p := range t {
+				ps, isStr := p.(string)
+				if !isStr {
+					return nil, fmt.Errorf("decision: %s[%q] holds %T, want string", key, k, p)
+				}
+				parts = append(parts, ps)
+			}
+			s = strings.Join(parts, ", ")
+		default:
 			return nil, fmt.Errorf("decision: %s[%q] is %T, want string", key, k, x)
 		}
 		if !validHeaderName(k) || !validHeaderValue(s) {
 			return nil, fmt.Errorf("decision: %s[%q] is not a valid header", key, k)
 		}
-		out[textproto.CanonicalMIMEHeaderKey(k)] = s
+		ck := textproto.CanonicalMIMEHeaderKey(k)
+		if _, dup := out[ck]; dup {
+			// Which value would win would depend on map order.
+			return nil, fmt.Errorf("decision: %s names %q twice (header names are case-insensitive)", key, ck)
+		}
+		out[ck] = s
 	}
 	return out, nil
 }

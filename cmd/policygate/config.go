@@ -16,9 +16,13 @@ import (
 
 	"gopkg.in/yaml.v3"
 
+	"github.com/policygate/policygate/bundles"
+	"github.com/policygate/policygate/decision/cache"
 	decisionlog "github.com/policygate/policygate/decision/log"
 	"github.com/policygate/policygate/gateway/authn"
+	"github.com/policygate/policygate/gateway/ratelimit"
 	"github.com/policygate/policygate/gateway/route"
+	"github.com/policygate/policygate/xds"
 )
 
 // fileConfig is the configuration file. Each section is the Config of the
@@ -31,6 +35,17 @@ type fileConfig struct {
 	Authn       authn.Config       `yaml:"authn"`
 	Routes      []route.Config     `yaml:"routes"`
 	DecisionLog decisionlog.Config `yaml:"decision_log"`
+	RateLimit   ratelimit.Config   `yaml:"rate_limit"`
+	ForwardAuth *forwardAuthConfig `yaml:"forward_auth"`
+	ExtAuthz    *extAuthzConfig    `yaml:"ext_authz"`
+	// XDS serves Envoy its configuration over xDS. Optional.
+	XDS *xds.Config `yaml:"xds"`
+	// Bundles (top-level keys bundles and persistence_dir) distribute the
+	// policy as OPA bundles instead of policy.dir.
+	Bundles bundles.Config `yaml:",inline"`
+	// DecisionCache keeps decisions between requests (see the README).
+	// Absent or size 0 (the default): no cache, every request is evaluated.
+	DecisionCache cache.Config `yaml:"decision_cache"`
 }
 
 type serverConfig struct {
@@ -64,7 +79,8 @@ type adminConfig struct {
 }
 
 type policyConfig struct {
-	// Dir is a policy directory in OPA bundle layout. Required.
+	// Dir is a policy directory in OPA bundle layout, loaded once at start.
+	// Required unless bundles is set; not both.
 	Dir string `yaml:"dir"`
 	// Name labels the bundle in decision logs. Empty means the directory's
 	// base name.
@@ -79,6 +95,7 @@ type config struct {
 	baseDir           string
 	trusted           []netip.Prefix
 	tls               *tls.Config
+	extAuthzTLS       *tls.Config
 	readHeaderTimeout time.Duration
 	idleTimeout       time.Duration
 	shutdownGrace     time.Duration
@@ -87,8 +104,10 @@ type config struct {
 	policyName        string
 	policyTimeout     time.Duration
 	routes            *route.Table
+	rateLimit         *ratelimit.Settings
 	authnCfg          authn.Config
 	logCfg            decisionlog.Config
+	xds               *xdsSetup // nil without an xds section
 }
 
 var unknownField = regexp.MustCompile(`line (\d+): field (\S+) not found in type \S+`)
@@ -175,10 +194,23 @@ func loadConfig(path string) (*config, error) {
 	if fc.Admin.Listen != "" {
 		add("admin.listen", checkAddr(fc.Admin.Listen))
 	}
-
-	if fc.Policy.Dir == "" {
-		errs = append(errs, errors.New("policy.dir: required"))
+	c.validateFrontDoors(add)
+	if rl, err := ratelimit.ParseConfig(fc.RateLimit, ratelimit.ParseOptions{BaseDir: c.baseDir}); err != nil {
+		errs = append(errs, err) // already named rate_limit.…
 	} else {
+		c.rateLimit = rl
+	}
+
+	switch {
+	case fc.Policy.Dir == "" && len(fc.Bundles.Bundles) == 0:
+		errs = append(errs, errors.New("policy.dir: required unless bundles is set"))
+	case fc.Policy.Dir != "" && len(fc.Bundles.Bundles) > 0:
+		errs = append(errs, errors.New("policy.dir: set policy.dir or bundles, not both"))
+	case fc.Policy.Dir == "":
+		if fc.Policy.Name != "" {
+			errs = append(errs, errors.New("policy.name: only applies to policy.dir (bundles are named in bundles[].name)"))
+		}
+	default:
 		c.policyDir = c.resolve(fc.Policy.Dir)
 		if st, err := os.Stat(c.policyDir); err != nil {
 			add("policy.dir", err)
@@ -197,6 +229,9 @@ func loadConfig(path string) (*config, error) {
 		errs = append(errs, err)
 	}
 	c.routes = routes
+	if err := c.validateXDS(); err != nil {
+		errs = append(errs, err)
+	}
 
 	c.authnCfg = fc.Authn
 	if fc.DecisionLog.Path != "" {
@@ -204,6 +239,7 @@ func loadConfig(path string) (*config, error) {
 	}
 	c.logCfg = fc.DecisionLog
 	add("decision_log", c.logCfg.Validate())
+	add("decision_cache", fc.DecisionCache.Validate())
 	return c, errors.Join(errs...)
 }
 

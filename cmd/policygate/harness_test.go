@@ -41,11 +41,15 @@ func (b *syncBuffer) String() string {
 type gatewayProc struct {
 	URL      string // http://127.0.0.1:port of the proxy listener
 	AdminURL string
-	LogPath  string // decision log file
-	Stderr   *syncBuffer
-	Stdout   *syncBuffer
-	cancel   context.CancelFunc
-	done     chan error
+	// ForwardAuthURL and ExtAuthzAddr are set when those front doors are
+	// configured.
+	ForwardAuthURL string
+	ExtAuthzAddr   string
+	LogPath        string // decision log file
+	Stderr         *syncBuffer
+	Stdout         *syncBuffer
+	cancel         context.CancelFunc
+	done           chan error
 }
 
 var listenRE = regexp.MustCompile(`msg=listening listener=(\w+) addr=(\S+)`)
@@ -89,6 +93,10 @@ func startGateway(t testing.TB, cfg string, files map[string]string) *gatewayPro
 					g.URL = "http://" + m[2]
 				case "admin":
 					g.AdminURL = "http://" + m[2]
+				case "forward_auth":
+					g.ForwardAuthURL = "http://" + m[2]
+				case "ext_authz":
+					g.ExtAuthzAddr = m[2]
 				}
 			}
 			return g
@@ -114,6 +122,22 @@ func (g *gatewayProc) Stop(t testing.TB) {
 		}
 	case <-time.After(startTimeout):
 		t.Errorf("gateway did not stop within %v", startTimeout)
+	}
+}
+
+// StopErr stops the gateway and returns its exit error, for tests that
+// expect one.
+func (g *gatewayProc) StopErr() error {
+	if g.cancel == nil {
+		return nil
+	}
+	g.cancel()
+	g.cancel = nil
+	select {
+	case err := <-g.done:
+		return err
+	case <-time.After(startTimeout):
+		return fmt.Errorf("gateway did not stop within %v", startTimeout)
 	}
 }
 

@@ -11,17 +11,24 @@ import (
 	"net/http"
 	"runtime/debug"
 	"sync"
+	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/collectors"
 	"github.com/prometheus/client_golang/prometheus/promhttp"
 
+	"github.com/policygate/policygate/bundles"
 	"github.com/policygate/policygate/decision"
+	"github.com/policygate/policygate/decision/cache"
 	decisionlog "github.com/policygate/policygate/decision/log"
+	decisionmetrics "github.com/policygate/policygate/decision/metrics"
 	"github.com/policygate/policygate/decision/rego"
 	"github.com/policygate/policygate/gateway/authn"
+	"github.com/policygate/policygate/gateway/forwardauth"
 	"github.com/policygate/policygate/gateway/guard"
 	"github.com/policygate/policygate/gateway/proxy"
+	"github.com/policygate/policygate/gateway/ratelimit"
+	rlredis "github.com/policygate/policygate/gateway/ratelimit/redis"
 )
 
 var (
@@ -42,6 +49,14 @@ Usage:
   policygate run   --config FILE     run the gateway
   policygate check --config FILE     validate the configuration and compile the policies
   policygate test  [-v] DIR...       run the Rego tests (test_ rules) in policy directories
+  policygate logs verify FILE... [--public-key PUB]
+                                     check decision logs: hash chain and signed checkpoints
+  policygate report --logs FILE... [--since T] [--until T] [--format csv|json]
+                                     access review: calls allowed and denied per identity
+  policygate bundle build DIR -o FILE [--signing-key KEY] [--revision R]
+                                     build (and sign) an OPA bundle
+  policygate bundle inspect [--verification-key PUB] FILE
+                                     show (and verify) a bundle
   policygate version                 print the version
 `
 
@@ -58,6 +73,12 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 		return cmdCheck(ctx, args[1:], stdout, stderr)
 	case "test":
 		return cmdTest(ctx, args[1:], stdout, stderr)
+	case "logs":
+		return cmdLogs(ctx, args[1:], stdout, stderr)
+	case "report":
+		return cmdReport(ctx, args[1:], stdout, stderr)
+	case "bundle":
+		return cmdBundle(ctx, args[1:], stdout, stderr)
 	case "version", "--version":
 		fmt.Fprintln(stdout, "policygate", version())
 		return nil
@@ -96,12 +117,21 @@ func cmdCheck(ctx context.Context, args []string, stdout, stderr io.Writer) erro
 	if err != nil {
 		return err
 	}
-	g, err := build(ctx, path, slog.New(slog.DiscardHandler), io.Discard)
+	g, err := build(ctx, path, slog.New(slog.DiscardHandler), nil)
 	if err != nil {
 		fmt.Fprintln(stderr, err)
 		return errFailed
 	}
 	g.close()
+	if g.bundles != nil {
+		what, err := checkBundles(ctx, g)
+		if err != nil {
+			fmt.Fprintln(stderr, err)
+			return errFailed
+		}
+		fmt.Fprintf(stdout, "%s: ok (%d routes, %s)\n", path, len(g.cfg.routes.Routes()), what)
+		return nil
+	}
 	fmt.Fprintf(stdout, "%s: ok (%d routes, policy %s revision %s)\n", path, len(g.cfg.routes.Routes()), g.cfg.policyName, g.policy.Revision())
 	return nil
 }
@@ -140,20 +170,52 @@ type gateway struct {
 	logger  *decisionlog.Logger
 	engine  *decision.Engine
 	guard   *guard.Guard
+	redis   *rlredis.Limiter
 	handler *proxy.Handler
 	metrics *prometheus.Registry
+	// bundles serves the policy from bundle sources; nil with policy.dir.
+	bundles     *bundles.Manager
+	activator   *engineActivator
+	activatedAt time.Time // of policy.dir's policy
 }
 
 func (g *gateway) close() error {
+	if g.redis != nil {
+		_ = g.redis.Close()
+	}
 	if g.logger != nil {
 		return g.logger.Close()
 	}
 	return nil
 }
 
+// rateLimits builds the rate-limit enforcer: in memory, or through Redis
+// with the configured failure modes. A Redis that is down at start is not
+// fatal: the routes' failure modes apply until it answers.
+func (g *gateway) rateLimits(ctx context.Context, log *slog.Logger) (*ratelimit.Enforcer, error) {
+	s := g.cfg.rateLimit
+	var remote ratelimit.Limiter
+	if s.Backend == ratelimit.BackendRedis {
+		rlredis.SetLogger(log.With("component", "redis"))
+		r, err := rlredis.Open(s)
+		if err != nil {
+			return nil, fmt.Errorf("rate_limit.redis: %w", err)
+		}
+		g.redis = r
+		lctx, cancel := context.WithTimeout(ctx, 2*time.Second)
+		if err := r.Load(lctx); err != nil {
+			log.Warn("rate limit: Redis not reachable at start; failure modes apply", "err", err)
+		}
+		cancel()
+		remote = r
+	}
+	return ratelimit.NewEnforcer(s, remote, ratelimit.Options{Log: log, Registerer: g.metrics})
+}
+
 // build validates the configuration, compiles the policy and wires the
 // decision path. check and run share it, so check fails exactly when run
-// would refuse to start.
+// would refuse to start. A nil logOut (check) validates the decision log
+// and loads its files without opening it: a running gateway may hold it.
 func build(ctx context.Context, path string, log *slog.Logger, logOut io.Writer) (*gateway, error) {
 	cfg, err := loadConfig(path)
 	var errs []error
@@ -177,6 +239,19 @@ func build(ctx context.Context, path string, log *slog.Logger, logOut io.Writer)
 		}
 		g.policy = p
 	}
+	if len(cfg.file.Bundles.Bundles) > 0 {
+		g.activator = &engineActivator{paths: cfg.policyPaths()}
+		m, berr := bundles.New(cfg.file.Bundles, g.activator, bundles.Options{
+			BaseDir:    cfg.baseDir,
+			Log:        log.With("component", "bundles"),
+			Registerer: g.metrics,
+			UserAgent:  "policygate/" + version(),
+		})
+		if berr != nil {
+			errs = append(errs, berr)
+		}
+		g.bundles = m
+	}
 	if err := errors.Join(errs...); err != nil {
 		return nil, err
 	}
@@ -184,13 +259,44 @@ func build(ctx context.Context, path string, log *slog.Logger, logOut io.Writer)
 		Stdout:            logOut,
 		CredentialHeaders: a.CredentialHeaders(),
 		Log:               log.With("component", "decision_log"),
+		BaseDir:           cfg.baseDir,
+		Registerer:        g.metrics,
+		CheckOnly:         logOut == nil,
 	})
 	if err != nil {
 		return nil, fmt.Errorf("decision_log: %w", err)
 	}
-	g.engine = decision.NewEngine(decision.Config{Timeout: cfg.policyTimeout, Logger: g.logger, Log: log.With("component", "engine")})
-	g.engine.Activate(g.policy)
+	engineCfg := decision.Config{Timeout: cfg.policyTimeout, Logger: g.logger, Log: log.With("component", "engine")}
+	mcfg := decisionmetrics.Config{Registerer: g.metrics}
+	if size := cfg.file.DecisionCache.Size; size > 0 {
+		c, err := cache.New[decision.CacheKey, decision.Result](cfg.file.DecisionCache, cache.Options{})
+		if err != nil {
+			g.close()
+			return nil, fmt.Errorf("decision_cache: %w", err)
+		}
+		engineCfg.Cache, mcfg.Cache = c, c
+	}
+	if engineCfg.Metrics, err = decisionmetrics.New(mcfg); err != nil {
+		g.close()
+		return nil, err
+	}
+	g.engine = decision.NewEngine(engineCfg)
+	if g.policy != nil {
+		g.engine.Activate(g.policy)
+		g.activatedAt = time.Now()
+	}
+	if g.activator != nil {
+		// Bundles activate once Run has them; until then the engine is not
+		// ready and denies.
+		g.activator.engine = g.engine
+	}
+	limits, err := g.rateLimits(ctx, log.With("component", "ratelimit"))
+	if err != nil {
+		g.close()
+		return nil, err
+	}
 	g.guard, err = guard.New(guard.Config{
+		RateLimits:     limits,
 		Routes:         cfg.routes,
 		Decider:        g.engine,
 		Authenticator:  a,
@@ -243,6 +349,15 @@ func cmdRun(ctx context.Context, args []string, stdout, stderr io.Writer) error 
 		defer wg.Done()
 		_ = g.authn.Run(runCtx) // refreshes remote key sets until runCtx ends
 	}()
+	if g.bundles != nil {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			if err := g.bundles.Run(runCtx); err != nil {
+				log.Error("bundles stopped", "err", err)
+			}
+		}()
+	}
 
 	type listener struct {
 		name string
@@ -299,6 +414,33 @@ func cmdRun(ctx context.Context, args []string, stdout, stderr io.Writer) error 
 			return err
 		}
 	}
+	if fa := cfg.file.ForwardAuth; fa != nil {
+		if err := listen("forward_auth", fa.Listen, forwardauth.New(g.guard), false); err != nil {
+			closeAll()
+			g.close()
+			return err
+		}
+	}
+	var stopExtAuthz func(context.Context)
+	if cfg.file.ExtAuthz != nil {
+		addr, stop, err := startExtAuthz(g, log.With("component", "ext_authz"))
+		if err != nil {
+			closeAll()
+			g.close()
+			return err
+		}
+		stopExtAuthz = stop
+		log.Info("listening", "listener", "ext_authz", "addr", addr)
+	}
+	stopXDS, err := startXDS(g, log)
+	if err != nil {
+		if stopExtAuthz != nil {
+			stopExtAuthz(ctx)
+		}
+		closeAll()
+		g.close()
+		return err
+	}
 
 	errc := make(chan error, len(lns))
 	for _, l := range lns {
@@ -315,7 +457,11 @@ func cmdRun(ctx context.Context, args []string, stdout, stderr io.Writer) error 
 			}
 		}()
 	}
-	log.Info("policygate started", "routes", len(cfg.routes.Routes()), "policy", cfg.policyName, "revision", g.policy.Revision())
+	if g.bundles != nil {
+		log.Info("policygate started", "routes", len(cfg.routes.Routes()), "bundles", len(cfg.file.Bundles.Bundles), "ready", g.engine.Ready())
+	} else {
+		log.Info("policygate started", "routes", len(cfg.routes.Routes()), "policy", cfg.policyName, "revision", g.policy.Revision())
+	}
 
 	var runErr error
 	select {
@@ -339,6 +485,12 @@ func cmdRun(ctx context.Context, args []string, stdout, stderr io.Writer) error 
 			}
 		}()
 	}
+	if stopExtAuthz != nil {
+		swg.Add(1)
+		go func() { defer swg.Done(); stopExtAuthz(shutCtx) }()
+	}
+	swg.Add(1)
+	go func() { defer swg.Done(); stopXDS(shutCtx) }()
 	swg.Wait()
 	cancel()
 	wg.Wait()
@@ -369,5 +521,6 @@ func adminHandler(g *gateway) http.Handler {
 		}
 		_, _ = io.WriteString(w, "ready\n")
 	})
+	mux.HandleFunc("GET /v1/status", statusHandler(g, g.activatedAt))
 	return mux
 }

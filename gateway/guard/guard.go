@@ -14,6 +14,7 @@ package guard
 
 import (
 	"context"
+	"encoding/json"
 	"errors"
 	"fmt"
 	"io"
@@ -28,13 +29,15 @@ import (
 
 	"github.com/policygate/policygate/decision"
 	"github.com/policygate/policygate/gateway/canon"
+	"github.com/policygate/policygate/gateway/ratelimit"
 	"github.com/policygate/policygate/gateway/route"
 )
 
 // Decider evaluates and records decisions (decision.Engine).
 type Decider interface {
-	Decide(ctx context.Context, path string, in *decision.Input) *decision.Decision
+	Decide(ctx context.Context, path string, in *decision.Input, opts ...decision.DecideOption) *decision.Decision
 	Record(ctx context.Context, d *decision.Decision, c decision.Completion) error
+	Commit(ctx context.Context, d *decision.Decision) error
 }
 
 // Authenticator verifies the caller's credentials (authn.Authenticator).
@@ -51,6 +54,9 @@ type Config struct {
 	// TrustedProxies are peers whose forwarding headers (X-Forwarded-*,
 	// Forwarded, X-Original-URL, ...) are believed. Empty: nobody's are.
 	TrustedProxies []netip.Prefix
+	// RateLimits enforces route and decision rate limits. Nil: requests
+	// are not rate-limited (a decision's rate_limit is then ignored).
+	RateLimits *ratelimit.Enforcer
 	// Registerer receives the request metrics. Nil registers nothing.
 	Registerer prometheus.Registerer
 	// Log receives operational errors. Nil discards.
@@ -65,6 +71,7 @@ type Guard struct {
 	trusted []netip.Prefix
 	log     *slog.Logger
 	metrics *metrics
+	limits  *ratelimit.Enforcer
 	strip   []string // canonical header names never forwarded nor shown to policies
 }
 
@@ -104,6 +111,7 @@ func New(cfg Config) (*Guard, error) {
 		authn:   cfg.Authenticator,
 		trusted: cfg.TrustedProxies,
 		log:     cfg.Log,
+		limits:  cfg.RateLimits,
 	}
 	if g.log == nil {
 		g.log = slog.New(slog.DiscardHandler)
@@ -119,6 +127,22 @@ func New(cfg Config) (*Guard, error) {
 		g.strip = append(g.strip, textproto.CanonicalMIMEHeaderKey(c))
 	}
 	return g, nil
+}
+
+// Strips reports whether the header name is one the decision path never
+// shows to policies nor forwards whatever the peer: hop-by-hop headers,
+// credentials, method overrides and gateway-owned names.
+func (g *Guard) Strips(name string) bool {
+	name = textproto.CanonicalMIMEHeaderKey(name)
+	if strings.HasPrefix(name, gatewayHeaderPrefix) || name == HeaderDecisionID {
+		return true
+	}
+	for _, s := range g.strip {
+		if s == name {
+			return true
+		}
+	}
+	return false
 }
 
 // Routes returns the routing table.
@@ -164,6 +188,9 @@ type Verdict struct {
 	XFF      string             // a trusted proxy's X-Forwarded-For chain to extend
 	Body     io.Reader          // the body to forward, nil when not read
 	BodyLen  int64
+	// RateLimit is the rate-limit check of an allowed decision; nil when
+	// none ran. Front doors set its headers on the response.
+	RateLimit *ratelimit.Outcome
 
 	start     time.Time
 	frontDoor string
@@ -253,12 +280,35 @@ func (g *Guard) Check(ctx context.Context, req *Request) *Verdict {
 		return g.refuse(v, in, http.StatusBadRequest, codeOf(err), err)
 	}
 
-	d := g.decider.Decide(ctx, rt.Policy, in)
+	d := g.decider.Decide(ctx, rt.Policy, in, decision.WithCacheTTL(rt.CacheTTL))
 	v.Decision = d
 	v.Allowed = d.Result.Allow
 	v.Reason = d.Result.Reason
 	if !v.Allowed {
 		v.Status, v.Code = d.Result.HTTPStatus(), d.Result.Code()
+		return v
+	}
+	// Only requests the policy allowed spend quota; all of a request's
+	// limits are checked together, so one that rejects spends nothing.
+	if g.limits != nil && (rt.RateLimit != nil || len(d.Result.RateLimits) > 0) {
+		id := &in.Identity
+		out := g.limits.Check(ctx, rt.RateLimit, &ratelimit.Values{
+			Subject: id.Subject, Issuer: id.Issuer, KeyID: id.KeyID,
+			RemoteAddr: in.Request.RemoteAddr, Host: in.Request.Host, Method: in.Request.Method,
+		}, d.Result.RateLimits)
+		if out.Result != ratelimit.ResultNone {
+			v.RateLimit = &out
+		}
+		if !out.Allowed() {
+			v.Allowed, v.Status, v.Code, v.Reason = false, out.Status, out.Code(), ""
+			return v
+		}
+	}
+	// No log, no privileged call.
+	if rt.LogFailClosed {
+		if err := g.decider.Commit(ctx, d); err != nil {
+			v.Allowed, v.Status, v.Code, v.Reason = false, http.StatusServiceUnavailable, "log_unavailable", ""
+		}
 	}
 	return v
 }
@@ -277,11 +327,33 @@ func (g *Guard) refuse(v *Verdict, in *decision.Input, status int, code string, 
 	return v
 }
 
+// Refuse returns the Verdict of a request a front door refuses before the
+// decision path (an untrusted forward-auth caller, a malformed ext_authz
+// Check), so that it is recorded like every other request.
+func (g *Guard) Refuse(req *Request, status int, code string, cause error) *Verdict {
+	start := req.Start
+	if start.IsZero() {
+		start = time.Now()
+	}
+	in := &decision.Input{Identity: decision.Anonymous()}
+	in.Request = decision.Request{
+		ID: decision.NewID(), Method: req.Method, RawPath: rawPathOf(req.Target),
+		Headers: map[string]string{}, Query: map[string][]string{}, Segments: []string{}, Scheme: "http",
+	}
+	if req.Peer.IsValid() {
+		in.Request.RemoteAddr = req.Peer.Unmap().String()
+	}
+	return g.refuse(&Verdict{start: start, frontDoor: req.FrontDoor}, in, status, code, cause)
+}
+
 // Record logs the request's decision with how it ended. The event is
 // written even when the client has gone away.
 func (g *Guard) Record(ctx context.Context, v *Verdict, c decision.Completion) {
 	if c.Latency == 0 {
 		c.Latency = time.Since(v.start)
+	}
+	if v.RateLimit != nil && c.RateLimit == nil {
+		c.RateLimit = v.RateLimit.Log()
 	}
 	_ = g.decider.Record(context.WithoutCancel(ctx), v.Decision, c)
 	g.metrics.observe(v.frontDoor, v, c)
@@ -403,4 +475,28 @@ func flatten(h http.Header) map[string]string {
 		m[strings.ToLower(k)] = strings.Join(vs, ", ")
 	}
 	return m
+}
+
+// WriteDenial answers a refused request with the small JSON body of the
+// decision contract. reason defaults to code: some admin CLIs print only a
+// reason field.
+func WriteDenial(w http.ResponseWriter, status int, code, id, reason string) {
+	if status == http.StatusUnauthorized && w.Header().Get("Www-Authenticate") == "" {
+		w.Header().Add("Www-Authenticate", `Basic realm="policygate"`)
+		w.Header().Add("Www-Authenticate", `Bearer realm="policygate"`)
+	}
+	if reason == "" {
+		reason = code
+	}
+	body := struct {
+		Error      string `json:"error"`
+		DecisionID string `json:"decision_id"`
+		Reason     string `json:"reason,omitempty"`
+	}{code, id, reason}
+	b, _ := json.Marshal(body) // cannot fail for strings
+	w.Header().Set("Content-Type", "application/json")
+	w.Header().Set("Cache-Control", "no-store")
+	w.Header().Set("X-Content-Type-Options", "nosniff")
+	w.WriteHeader(status)
+	_, _ = w.Write(append(b, '\n'))
 }

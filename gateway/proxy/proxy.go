@@ -12,7 +12,6 @@ package proxy
 
 import (
 	"context"
-	"encoding/json"
 	"errors"
 	"io"
 	"log/slog"
@@ -95,7 +94,9 @@ func newTransport(timeout time.Duration) *http.Transport {
 
 // state is what one request carries from decision to forwarding.
 type state struct {
-	v *guard.Verdict
+	v        *guard.Verdict
+	r        *http.Request
+	recorded bool
 
 	upstreamStart   time.Time
 	upstreamLatency time.Duration
@@ -125,13 +126,28 @@ func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		w.Header().Set(k, val)
 	}
 	if !v.Allowed {
-		WriteDenial(w, v.Status, v.Code, v.ID(), v.Reason)
+		if v.RateLimit != nil {
+			v.RateLimit.SetHeaders(w.Header())
+		}
+		// The event is recorded before the client can see the answer, so an
+		// answer a client got always has its event (durable mode).
 		h.finish(r, v, decision.Completion{Status: v.Status})
+		guard.WriteDenial(w, v.Status, v.Code, v.ID(), v.Reason)
 		return
 	}
-	st := &state{v: v}
+	st := &state{v: v, r: r}
 	ctx := context.WithValue(r.Context(), stateKey{}, st)
 	h.proxies[v.Route].ServeHTTP(w, r.WithContext(ctx))
+	h.complete(st) // when neither the response nor the error path recorded it
+}
+
+// complete records the request once, with what is known of its outcome.
+// It runs before the response headers are passed to the client.
+func (h *Handler) complete(st *state) {
+	if st.recorded {
+		return
+	}
+	st.recorded = true
 	c := decision.Completion{
 		Status:          st.status,
 		UpstreamStatus:  st.upstreamStatus,
@@ -140,7 +156,7 @@ func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	if st.err != nil {
 		c.Error = "upstream: " + st.err.Error()
 	}
-	h.finish(r, v, c)
+	h.finish(st.r, st.v, c)
 }
 
 func (h *Handler) finish(r *http.Request, v *guard.Verdict, c decision.Completion) {
@@ -154,30 +170,6 @@ func peerAddr(remote string) netip.Addr {
 		return netip.Addr{}
 	}
 	return ap.Addr().Unmap()
-}
-
-// WriteDenial answers a refused request with the small JSON body of the
-// decision contract. reason defaults to code: some admin CLIs print only a
-// reason field.
-func WriteDenial(w http.ResponseWriter, status int, code, id, reason string) {
-	if status == http.StatusUnauthorized && w.Header().Get("Www-Authenticate") == "" {
-		w.Header().Add("Www-Authenticate", `Basic realm="policygate"`)
-		w.Header().Add("Www-Authenticate", `Bearer realm="policygate"`)
-	}
-	if reason == "" {
-		reason = code
-	}
-	body := struct {
-		Error      string `json:"error"`
-		DecisionID string `json:"decision_id"`
-		Reason     string `json:"reason,omitempty"`
-	}{code, id, reason}
-	b, _ := json.Marshal(body) // cannot fail for strings
-	w.Header().Set("Content-Type", "application/json")
-	w.Header().Set("Cache-Control", "no-store")
-	w.Header().Set("X-Content-Type-Options", "nosniff")
-	w.WriteHeader(status)
-	_, _ = w.Write(append(b, '\n'))
 }
 
 // rewrite runs after ReverseProxy has removed hop-by-hop headers, so
@@ -238,9 +230,13 @@ func (h *Handler) modifyResponse(resp *http.Response) error {
 	st.upstreamLatency = time.Since(st.upstreamStart)
 	st.upstreamStatus, st.status = resp.StatusCode, resp.StatusCode
 	resp.Header.Del(guard.HeaderDecisionID)
+	if st.v.RateLimit != nil {
+		st.v.RateLimit.SetHeaders(resp.Header)
+	}
 	for k, val := range st.v.Decision.Result.ResponseHeaders {
 		resp.Header.Set(k, val)
 	}
+	h.complete(st)
 	return nil
 }
 
@@ -259,10 +255,11 @@ func (h *Handler) upstreamError(w http.ResponseWriter, r *http.Request, err erro
 	}
 	st.status, st.err = status, err
 	h.log.Warn("upstream request failed", "route", st.v.Route.Name, "decision_id", st.v.ID(), "err", err)
+	h.complete(st)
 	if status == 499 {
 		return
 	}
-	WriteDenial(w, status, code, st.v.ID(), "")
+	guard.WriteDenial(w, status, code, st.v.ID(), "")
 }
 
 func validHeaderValue(s string) bool {

@@ -20,6 +20,7 @@ import (
 
 	"github.com/policygate/policygate/decision"
 	"github.com/policygate/policygate/gateway/canon"
+	"github.com/policygate/policygate/gateway/ratelimit"
 )
 
 // Config is one route as written in the configuration file.
@@ -53,6 +54,22 @@ type Config struct {
 	// Timeout bounds the wait for the upstream's response headers, as a Go
 	// duration. Empty means "30s".
 	Timeout string `yaml:"timeout"`
+	// CacheTTL is how long a decision of this route's rule may be reused
+	// (Go duration, at most 24h) when the rule is deterministic and the
+	// decision does not set cache.ttl itself. It takes effect only with a
+	// decision_cache. Empty or "0s" (the default): only decisions that set
+	// cache.ttl are reused.
+	CacheTTL string `yaml:"cache_ttl"`
+	// RateLimit holds the route's static limits, its failure mode when the
+	// shared backend is unreachable, and whether allowed responses carry
+	// RateLimit headers. Limits the policy returns in rate_limit are
+	// checked together with these. Optional.
+	RateLimit ratelimit.RouteConfig `yaml:"rate_limit"`
+	// LogFailClosed makes the decision log a precondition of the call: an
+	// allowed request is forwarded only after its decision event is
+	// stored (durably with delivery: durable); if the log cannot store it,
+	// the request is refused with 503 log_unavailable. Default false.
+	LogFailClosed bool `yaml:"log_fail_closed"`
 	// UpstreamAuth is the backend's own credential, set on every forwarded
 	// request after the client's credentials are removed. Optional.
 	UpstreamAuth *AuthConfig `yaml:"upstream_auth"`
@@ -84,6 +101,9 @@ type Route struct {
 	Labels            map[string]string
 	AllowEncodedSlash bool
 	Timeout           time.Duration
+	CacheTTL          time.Duration // 0: only decisions that set cache.ttl are cached
+	RateLimit         *ratelimit.Route
+	LogFailClosed     bool
 	// UpstreamAuthorization is the Authorization value sent upstream, or "".
 	UpstreamAuthorization string
 }
@@ -159,7 +179,7 @@ func prefixErrs(key string, err error) error {
 
 func parse(c Config, opts Options) (*Route, error) {
 	var errs []error
-	r := &Route{Name: c.Name, Labels: c.Labels, AllowEncodedSlash: c.AllowEncodedSlash, BodyLimit: c.BodyLimit, Timeout: 30 * time.Second}
+	r := &Route{Name: c.Name, Labels: c.Labels, LogFailClosed: c.LogFailClosed, AllowEncodedSlash: c.AllowEncodedSlash, BodyLimit: c.BodyLimit, Timeout: 30 * time.Second}
 	if c.Name == "" {
 		errs = append(errs, errors.New("name: required"))
 	}
@@ -206,6 +226,18 @@ func parse(c Config, opts Options) (*Route, error) {
 		errs = append(errs, fmt.Errorf("body_limit: %d must be -1, 0 or positive", c.BodyLimit))
 	case c.BodyLimit > 16<<20:
 		errs = append(errs, fmt.Errorf("body_limit: %d exceeds 16 MiB", c.BodyLimit))
+	}
+	rl, err := ratelimit.ParseRoute(c.Name, c.RateLimit)
+	if err != nil {
+		errs = append(errs, err)
+	}
+	r.RateLimit = rl
+	if c.CacheTTL != "" {
+		d, err := time.ParseDuration(c.CacheTTL)
+		if err != nil || d < 0 || d > decision.MaxCacheTTL {
+			errs = append(errs, fmt.Errorf("cache_ttl: %q is not a duration between 0s and %s", c.CacheTTL, decision.MaxCacheTTL))
+		}
+		r.CacheTTL = d
 	}
 	if c.Timeout != "" {
 		d, err := time.ParseDuration(c.Timeout)

@@ -53,3 +53,6 @@ echo := {"allow": true, "headers": {
 	"X-Policy-Query": json.marshal(input.request.query),
 	"X-Policy-Method": input.request.method,
 }}
+
+# Allows, with a per-caller limit chosen by the policy.
+limited := {"allow": true, "rate_limit": [{"key": concat(":", ["caller", input.identity.subject]), "limit": 3, "period": "1m"}]}
