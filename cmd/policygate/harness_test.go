@@ -45,6 +45,7 @@ type gatewayProc struct {
 	// configured.
 	ForwardAuthURL string
 	ExtAuthzAddr   string
+	TLSURL         string
 	LogPath        string // decision log file
 	Stderr         *syncBuffer
 	Stdout         *syncBuffer
@@ -93,6 +94,8 @@ func startGateway(t testing.TB, cfg string, files map[string]string) *gatewayPro
 					g.URL = "http://" + m[2]
 				case "admin":
 					g.AdminURL = "http://" + m[2]
+				case "https":
+					g.TLSURL = "https://" + m[2]
 				case "forward_auth":
 					g.ForwardAuthURL = "http://" + m[2]
 				case "ext_authz":
