@@ -6,13 +6,14 @@
 GO      ?= go
 BIN     := bin
 FUZZTIME ?= 10s
+COMMIT  := $(shell git rev-parse --short HEAD 2>/dev/null)
 
 .PHONY: all build run test deps vet gotest policytest fuzz bench clean
 
 all: build
 
 build:
-	$(GO) build -o $(BIN)/policygate ./cmd/policygate
+	$(GO) build -ldflags "-X main.commit=$(COMMIT)" -o $(BIN)/policygate ./cmd/policygate
 	$(GO) build -o $(BIN)/sampleapi ./testdata/sampleapi/cmd/sampleapi
 
 run: build

@@ -91,11 +91,19 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 	}
 }
 
+// commit is set at build time by the Makefile
+// (-ldflags "-X main.commit=<short hash>").
+var commit string
+
 func version() string {
+	v := "dev"
 	if bi, ok := debug.ReadBuildInfo(); ok && bi.Main.Version != "" && bi.Main.Version != "(devel)" {
-		return bi.Main.Version
+		v = bi.Main.Version
 	}
-	return "dev"
+	if commit != "" {
+		v += " (" + commit + ")"
+	}
+	return v
 }
 
 func configFlag(name string, args []string, stderr io.Writer) (string, error) {
@@ -227,7 +235,7 @@ func build(ctx context.Context, path string, log *slog.Logger, logOut io.Writer)
 	}
 	g := &gateway{cfg: cfg, metrics: prometheus.NewRegistry()}
 	g.metrics.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
-	a, aerr := authn.New(cfg.authnCfg, authn.Options{BaseDir: cfg.baseDir, Log: log.With("component", "authn")})
+	a, aerr := authn.New(cfg.authnCfg, authn.Options{BaseDir: cfg.baseDir, Log: log})
 	if aerr != nil {
 		errs = append(errs, prefixed("authn", aerr))
 	}

@@ -10,6 +10,10 @@ API_PORT=${API_PORT:-9091}
 ADMIN_PORT=${ADMIN_PORT:-9180}
 RUN=.run
 mkdir -p "$RUN"
+if ! command -v curl >/dev/null 2>&1; then
+	echo "the demo's readiness check and suggested calls use curl: apt-get install -y curl" >&2
+	exit 1
+fi
 
 for port in "$GATEWAY_PORT" "$API_PORT" "$ADMIN_PORT"; do
 	if (exec 3<>"/dev/tcp/127.0.0.1/$port") 2>/dev/null; then
@@ -30,16 +34,17 @@ sed -e "s/@GATEWAY_PORT@/$GATEWAY_PORT/; s/@API_PORT@/$API_PORT/; s/@ADMIN_PORT@
 	-e "s/@HASH_ADMIN@/$(hash $ADMIN_KEY)/; s/@HASH_LEAD@/$(hash $LEAD_KEY)/" \
 	-e "s/@HASH_CI@/$(hash $CI_KEY)/; s/@HASH_AUDITOR@/$(hash $AUDITOR_KEY)/" \
 	testdata/demo/policygate.yaml.tmpl >"$RUN/policygate.yaml"
-: >"$RUN/decisions.jsonl"
 
 SAMPLEAPI_TOKEN=$BACKEND_TOKEN bin/policygate check --config "$RUN/policygate.yaml"
 
 pids=()
+stopping=
 cleanup() {
 	trap - INT TERM EXIT
+	stopping=1
 	for pid in "${pids[@]}"; do kill -TERM "$pid" 2>/dev/null || true; done
 	for pid in "${pids[@]}"; do wait "$pid" 2>/dev/null || true; done
-	echo "demo stopped; decision log kept in $RUN/decisions.jsonl"
+	echo "demo stopped; decision log kept in $RUN/decisions.jsonl (appended to on the next run)"
 }
 trap cleanup INT TERM EXIT
 
@@ -103,4 +108,7 @@ Press Ctrl-C to stop.
 MSG
 
 wait -n "${pids[@]}" || true
-echo "a demo process exited; see $RUN/policygate.log and $RUN/sampleapi.log" >&2
+if [ -z "$stopping" ]; then
+	echo "a demo process exited on its own; see $RUN/policygate.log and $RUN/sampleapi.log" >&2
+	exit 1
+fi
