@@ -310,11 +310,7 @@ func (e *keyEncoder) value(v any) bool {
 	case map[string]any:
 		e.tag(tagObject)
 		e.uvarint(uint64(len(t)))
-		start, end := e.sortKeys(len(t), func(add func(string)) {
-			for k := range t {
-				add(k)
-			}
-		})
+		start, end := sortKeys(e, t)
 		defer e.dropKeys(start)
 		for i := start; i < end; i++ {
 			k := e.keys[i]
@@ -335,12 +331,14 @@ func (e *keyEncoder) value(v any) bool {
 	return true
 }
 
-// sortKeys appends the keys fill adds to e.keys and sorts them; they are
+// sortKeys appends the keys of m to e.keys and sorts them; they are
 // e.keys[start:end] until dropKeys(start).
-func (e *keyEncoder) sortKeys(n int, fill func(add func(string))) (start, end int) {
+func sortKeys[V any](e *keyEncoder, m map[string]V) (start, end int) {
 	start = len(e.keys)
-	e.keys = slices.Grow(e.keys, n)
-	fill(func(k string) { e.keys = append(e.keys, k) })
+	e.keys = slices.Grow(e.keys, len(m))
+	for k := range m {
+		e.keys = append(e.keys, k)
+	}
 	end = len(e.keys)
 	slices.Sort(e.keys[start:end])
 	return start, end
@@ -381,11 +379,7 @@ func (e *keyEncoder) strings(ss []string) {
 func (e *keyEncoder) stringMap(m map[string]string) {
 	e.tag(tagObject)
 	e.uvarint(uint64(len(m)))
-	start, end := e.sortKeys(len(m), func(add func(string)) {
-		for k := range m {
-			add(k)
-		}
-	})
+	start, end := sortKeys(e, m)
 	for i := start; i < end; i++ {
 		k := e.keys[i]
 		e.string(k)
@@ -397,11 +391,7 @@ func (e *keyEncoder) stringMap(m map[string]string) {
 func (e *keyEncoder) query(q map[string][]string) {
 	e.tag(tagObject)
 	e.uvarint(uint64(len(q)))
-	start, end := e.sortKeys(len(q), func(add func(string)) {
-		for k := range q {
-			add(k)
-		}
-	})
+	start, end := sortKeys(e, q)
 	for i := start; i < end; i++ {
 		k := e.keys[i]
 		e.string(k)

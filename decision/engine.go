@@ -23,8 +23,9 @@ type Policy interface {
 	Bundles() map[string]string
 }
 
-// Logger receives one event per decision. Log must not retain ev's maps
-// after it returns unless it copies them.
+// Logger receives one event per decision. Log must not retain ev's maps,
+// nor ev.Source (the request's own Input, read-only), after it returns
+// unless it copies them.
 type Logger interface {
 	Log(ctx context.Context, ev *Event) error
 }
@@ -168,8 +169,9 @@ type evaluation struct {
 func (e *Engine) evaluate(ctx context.Context, ap *activePolicy, path string, in *Input) evaluation {
 	ctx, cancel := context.WithTimeout(ctx, e.timeout)
 	defer cancel()
+	growStack()
 	start := time.Now()
-	v, defined, err := ap.p.Eval(ctx, path, in)
+	v, defined, err := safeEval(ctx, ap.p, path, in)
 	ev := evaluation{took: time.Since(start)}
 	e.metrics.ObserveEval(path, ev.took)
 	switch {
@@ -183,6 +185,19 @@ func (e *Engine) evaluate(ctx context.Context, ap *activePolicy, path string, in
 		ev.res, ev.err = Interpret(v, defined)
 	}
 	return ev
+}
+
+// safeEval is p.Eval with a panic in the policy engine turned into an
+// evaluation error, which denies (503) and is logged: an input that makes
+// the engine panic must neither crash the process (a gRPC handler does not
+// recover) nor leave its request without a decision event.
+func safeEval(ctx context.Context, p Policy, path string, in *Input) (v any, defined bool, err error) {
+	defer func() {
+		if r := recover(); r != nil {
+			v, defined, err = nil, false, fmt.Errorf("panic: %v", r)
+		}
+	}()
+	return p.Eval(ctx, path, in)
 }
 
 // Outcome of the whole request, known once the response is written.

@@ -351,7 +351,7 @@ func TestEngineRecord(t *testing.T) {
 			if ev.Labels["team"] != "iam" {
 				t.Errorf("event labels %v lack the route's labels", ev.Labels)
 			}
-			req, _ := ev.Input["request"].(map[string]any)
+			req, _ := ev.InputMap()["request"].(map[string]any)
 			if req == nil || req["path"] != "/admin/users" {
 				t.Errorf("event input %v lacks the request", ev.Input)
 			}

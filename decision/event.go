@@ -6,16 +6,19 @@ import (
 )
 
 // Event is one decision-log record: a superset of OPA's decision-log event.
-// Input is a copy (see Input.Map) that the log may mask freely.
 type Event struct {
-	DecisionID string                `json:"decision_id"`
-	Timestamp  time.Time             `json:"timestamp"`
-	Path       string                `json:"path"`
-	Input      map[string]any        `json:"input"`
-	Result     any                   `json:"result"`
-	Bundles    map[string]BundleInfo `json:"bundles,omitempty"`
-	Labels     map[string]string     `json:"labels,omitempty"`
-	Metrics    map[string]int64      `json:"metrics"`
+	DecisionID string    `json:"decision_id"`
+	Timestamp  time.Time `json:"timestamp"`
+	Path       string    `json:"path"`
+	// Input is the input as plain JSON values, a copy the log may mask
+	// freely (see Input.Map). NewEvent leaves it nil and sets Source
+	// instead: InputMap builds the copy when it is needed, and decision/log
+	// encodes Source without one when no mask path applies.
+	Input   map[string]any        `json:"input"`
+	Result  any                   `json:"result"`
+	Bundles map[string]BundleInfo `json:"bundles,omitempty"`
+	Labels  map[string]string     `json:"labels,omitempty"`
+	Metrics map[string]int64      `json:"metrics"`
 
 	Route          string  `json:"route"`
 	Subject        string  `json:"subject"`
@@ -35,6 +38,18 @@ type Event struct {
 	// Mask lists input paths (e.g. "input.request.body.password") the
 	// policy asked to redact; the log applies it and does not write it.
 	Mask []string `json:"-"`
+	// Source is the request's own input, which Input is built from while
+	// Input is nil. It is shared with the request: a Logger reads it only
+	// during Log and never modifies it.
+	Source *Input `json:"-"`
+}
+
+// InputMap returns Input, building it from Source first if it is nil.
+func (ev *Event) InputMap() map[string]any {
+	if ev.Input == nil && ev.Source != nil {
+		ev.Input = ev.Source.Map()
+	}
+	return ev.Input
 }
 
 // PhaseAuthorized marks an event committed before forwarding.
@@ -45,14 +60,15 @@ type BundleInfo struct {
 	Revision string `json:"revision"`
 }
 
-// NewEvent builds the log event for d completed as c.
+// NewEvent builds the log event for d completed as c. Its Source is
+// d.Input; Input is built only when asked for (InputMap).
 func NewEvent(d *Decision, c Completion) *Event {
 	in := d.Input
 	ev := &Event{
 		DecisionID:     d.ID,
 		Timestamp:      d.Timestamp.UTC(),
 		Path:           strings.ReplaceAll(strings.TrimPrefix(d.Path, "data."), ".", "/"),
-		Input:          in.Map(),
+		Source:         in,
 		Result:         d.Result.Raw,
 		Route:          in.Route.Name,
 		Subject:        in.Identity.Subject,

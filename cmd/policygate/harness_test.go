@@ -156,12 +156,17 @@ func (g *gatewayProc) Events(t *testing.T) []map[string]any {
 	}
 	defer f.Close()
 	var evs []map[string]any
-	sc := bufio.NewScanner(f)
-	sc.Buffer(make([]byte, 1<<20), 16<<20)
-	for sc.Scan() {
+	rd := bufio.NewReaderSize(f, 1<<20)
+	for {
+		line, err := rd.ReadBytes('\n')
+		if err != nil {
+			// A last line without its newline is still being written:
+			// the next read sees it whole.
+			break
+		}
 		var ev map[string]any
-		if err := json.Unmarshal(sc.Bytes(), &ev); err != nil {
-			t.Fatalf("decision log line is not JSON: %v: %q", err, sc.Text())
+		if err := json.Unmarshal(line, &ev); err != nil {
+			t.Fatalf("decision log line is not JSON: %v: %q", err, line)
 		}
 		evs = append(evs, ev)
 	}

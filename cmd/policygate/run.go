@@ -316,7 +316,7 @@ func build(ctx context.Context, path string, log *slog.Logger, logOut io.Writer)
 		g.close()
 		return nil, err
 	}
-	g.handler, err = proxy.New(proxy.Config{Guard: g.guard, Log: log.With("component", "proxy")})
+	g.handler, err = proxy.New(proxy.Config{Guard: g.guard, Log: log.With("component", "proxy"), BodyTimeout: cfg.readHeaderTimeout})
 	if err != nil {
 		g.close()
 		return nil, err

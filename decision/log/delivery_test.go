@@ -304,7 +304,7 @@ func TestBestEffortDropsAndCounts(t *testing.T) {
 	reg := prometheus.NewRegistry()
 	l := mustNew(t, decisionlog.Config{Delivery: "best_effort", QueueSize: 4}, decisionlog.Options{Stdout: out, Registerer: reg})
 	big := simpleEvent("big")
-	big.Input["request"].(map[string]any)["body"] = strings.Repeat("x", 100<<10) // bypasses the write buffer
+	big.Source.Request.Body = strings.Repeat("x", 100<<10) // bypasses the write buffer
 	if err := l.Log(context.Background(), big); err != nil {
 		t.Fatal(err)
 	}

@@ -19,7 +19,6 @@ package log
 
 import (
 	"context"
-	"encoding/json"
 	"errors"
 	"fmt"
 	"io"
@@ -363,12 +362,13 @@ func (l *Logger) submit(ctx context.Context, ev *decision.Event, sync bool) erro
 // Encode returns the masked JSON line for ev (with a trailing newline),
 // without the chain fields the writer adds.
 func (l *Logger) Encode(ev *decision.Event) ([]byte, error) {
-	type wire struct {
-		*decision.Event
-		Erased []string `json:"erased,omitempty"`
+	if l.masker.directInput(ev) {
+		if b, ok := encodeDirect(ev, l.masker); ok {
+			return append(b, '\n'), nil
+		}
 	}
-	erased := l.masker.apply(ev.Input, ev.Mask)
-	b, err := json.Marshal(wire{Event: ev, Erased: erased})
+	erased := l.masker.apply(ev.InputMap(), ev.Mask)
+	b, err := encodeEvent(ev, erased)
 	if err != nil {
 		return nil, fmt.Errorf("decision log: encode %s: %w", ev.DecisionID, err)
 	}

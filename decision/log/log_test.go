@@ -267,7 +267,7 @@ func TestFullQueueWaits(t *testing.T) {
 	// An event larger than the write buffer goes straight to the writer,
 	// which blocks the log's writer goroutine.
 	big := event("big")
-	big.Input["request"].(map[string]any)["body"] = strings.Repeat("x", 100<<10)
+	big.Source.Request.Body = strings.Repeat("x", 100<<10)
 	if err := l.Log(ctx, big); err != nil {
 		t.Fatalf("Log big: %v", err)
 	}
@@ -561,7 +561,7 @@ func TestLogInjection(t *testing.T) {
 			t.Fatal(err)
 		}
 		ev := event("real-id")
-		ev.Input["request"].(map[string]any)["headers"].(map[string]any)["user-agent"] = inject
+		ev.Source.Request.Headers["user-agent"] = inject
 		if err := l.Log(context.Background(), ev); err != nil {
 			t.Fatal(err)
 		}

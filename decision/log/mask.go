@@ -1,10 +1,13 @@
 package log
 
 import (
+	"encoding/base64"
 	"fmt"
 	"net/url"
 	"sort"
+	"strconv"
 	"strings"
+	"unicode/utf8"
 )
 
 // Credentials that are erased from every event whatever the configuration.
@@ -46,9 +49,35 @@ func normalizeName(name string) string {
 	return b.String()
 }
 
-func hasSecretSuffix(n string, suffixes []string) bool {
+// appendFolded appends normalizeName(name) to dst for an ASCII name (ok
+// false for any other, which normalizeName folds), without allocating.
+func appendFolded(dst []byte, name string) (_ []byte, ok bool) {
+	for i := 0; i < len(name); i++ {
+		c := name[i]
+		switch {
+		case c >= utf8.RuneSelf:
+			return dst, false
+		case c == '-', c == '_', c == '.', c == ' ':
+		case 'A' <= c && c <= 'Z':
+			dst = append(dst, c+('a'-'A'))
+		default:
+			dst = append(dst, c)
+		}
+	}
+	return dst, true
+}
+
+// folded returns the normalized name: in buf when the name is ASCII.
+func folded(buf []byte, name string) []byte {
+	if n, ok := appendFolded(buf[:0], name); ok {
+		return n
+	}
+	return []byte(normalizeName(name))
+}
+
+func hasSecretSuffix(n []byte, suffixes []string) bool {
 	for _, s := range suffixes {
-		if strings.HasSuffix(n, s) {
+		if len(n) >= len(s) && string(n[len(n)-len(s):]) == s {
 			return true
 		}
 	}
@@ -67,8 +96,9 @@ func (m *masker) secretHeader(name string) bool {
 	if m.headers[strings.ToLower(name)] {
 		return true
 	}
-	n := normalizeName(name)
-	return m.folded[n] || hasSecretSuffix(n, secretSuffixes) || hasSecretSuffix(n, headerSuffixes)
+	var buf [64]byte
+	n := folded(buf[:], name)
+	return m.folded[string(n)] || hasSecretSuffix(n, secretSuffixes) || hasSecretSuffix(n, headerSuffixes)
 }
 
 // secretField reports whether a query parameter or body field of this name
@@ -77,8 +107,9 @@ func (m *masker) secretField(name string) bool {
 	if m.fields[strings.ToLower(name)] {
 		return true
 	}
-	n := normalizeName(name)
-	return m.folded[n] || hasSecretSuffix(n, secretSuffixes)
+	var buf [64]byte
+	n := folded(buf[:], name)
+	return m.folded[string(n)] || hasSecretSuffix(n, secretSuffixes)
 }
 
 func newMasker(paths, credentialHeaders []string) (*masker, error) {
@@ -112,7 +143,9 @@ func parseMaskPath(p string) ([]string, error) {
 	case strings.HasPrefix(p, "/"):
 		segs = strings.Split(p[1:], "/")
 		for i, s := range segs {
-			segs[i] = strings.NewReplacer("~1", "/", "~0", "~").Replace(s)
+			if strings.IndexByte(s, '~') >= 0 {
+				segs[i] = pointerUnescaper.Replace(s)
+			}
 		}
 	default:
 		segs = strings.Split(p, ".")
@@ -131,6 +164,11 @@ func parseMaskPath(p string) ([]string, error) {
 // apply erases credentials and the configured and policy-requested paths
 // from input (the event's own copy) and returns the erased paths as JSON
 // pointers, sorted.
+//
+// The direct encoder (encode_input.go) applies the rules for request
+// headers, query and body itself, while it writes an input no mask path
+// applies to: a rule added here must be added there too.
+// TestEncodeDirectMatchesGeneral and FuzzEncodeDirect compare the two.
 func (m *masker) apply(input map[string]any, policyPaths []string) []string {
 	var erased []string
 	req, _ := input["request"].(map[string]any)
@@ -139,6 +177,8 @@ func (m *masker) apply(input map[string]any, policyPaths []string) []string {
 			for k := range hs {
 				if m.secretHeader(k) {
 					delete(hs, k)
+					erased = append(erased, "/input/request/headers/"+pointerEscape(k))
+				} else if m.redactHeaderValue(hs, k) {
 					erased = append(erased, "/input/request/headers/"+pointerEscape(k))
 				}
 			}
@@ -151,7 +191,7 @@ func (m *masker) apply(input map[string]any, policyPaths []string) []string {
 				}
 			}
 		}
-		erased = m.eraseFields(req["body"], "/input/request/body", erased)
+		erased = m.eraseFields(req["body"], []string{"request", "body"}, erased)
 	}
 	erased = m.applyEnvoy(input, erased)
 	for _, segs := range m.paths {
@@ -172,20 +212,29 @@ func (m *masker) apply(input map[string]any, policyPaths []string) []string {
 	return erased
 }
 
-func (m *masker) eraseFields(v any, at string, erased []string) []string {
+// eraseFields erases secret fields at any depth of v, which is at the
+// segments at below input. The path is a stack of unescaped segments,
+// turned into a JSON pointer only for what is erased.
+func (m *masker) eraseFields(v any, at []string, erased []string) []string {
 	switch t := v.(type) {
 	case map[string]any:
 		for k, x := range t {
 			if m.secretField(k) {
 				delete(t, k)
-				erased = append(erased, at+"/"+pointerEscape(k))
+				erased = append(erased, toPointer(append(at, k)))
 				continue
 			}
-			erased = m.eraseFields(x, at+"/"+pointerEscape(k), erased)
+			switch x.(type) {
+			case map[string]any, []any:
+				erased = m.eraseFields(x, append(at, k), erased)
+			}
 		}
 	case []any:
 		for i, x := range t {
-			erased = m.eraseFields(x, fmt.Sprintf("%s/%d", at, i), erased)
+			switch x.(type) {
+			case map[string]any, []any:
+				erased = m.eraseFields(x, append(at, strconv.Itoa(i)), erased)
+			}
 		}
 	}
 	return erased
@@ -220,8 +269,16 @@ func toPointer(segs []string) string {
 	return b.String()
 }
 
+var (
+	pointerEscaper   = strings.NewReplacer("~", "~0", "/", "~1")
+	pointerUnescaper = strings.NewReplacer("~1", "/", "~0", "~")
+)
+
 func pointerEscape(s string) string {
-	return strings.NewReplacer("~", "~0", "/", "~1").Replace(s)
+	if strings.IndexByte(s, '~') < 0 && strings.IndexByte(s, '/') < 0 {
+		return s
+	}
+	return pointerEscaper.Replace(s)
 }
 
 // applyEnvoy erases credentials from the opa-envoy-plugin fields that
@@ -237,7 +294,7 @@ func (m *masker) applyEnvoy(input map[string]any, erased []string) []string {
 			}
 		}
 	}
-	erased = m.eraseFields(input["parsed_body"], "/input/parsed_body", erased)
+	erased = m.eraseFields(input["parsed_body"], []string{"parsed_body"}, erased)
 	attrs, _ := input["attributes"].(map[string]any)
 	req, _ := attrs["request"].(map[string]any)
 	h, _ := req["http"].(map[string]any)
@@ -250,6 +307,8 @@ func (m *masker) applyEnvoy(input map[string]any, erased []string) []string {
 			if m.secretHeader(k) {
 				delete(hs, k)
 				erased = append(erased, at+"/headers/"+pointerEscape(k))
+			} else if m.redactHeaderValue(hs, k) {
+				erased = append(erased, at+"/headers/"+pointerEscape(k))
 			}
 		}
 	}
@@ -261,6 +320,8 @@ func (m *masker) applyEnvoy(input map[string]any, erased []string) []string {
 				if k, _ := hv["key"].(string); m.secretHeader(k) {
 					erased = append(erased, at+"/headerMap/headers/"+pointerEscape(k))
 					continue
+				} else if hv != nil && m.redactHeaderMapValue(hv) {
+					erased = append(erased, at+"/headerMap/headers/"+pointerEscape(k))
 				}
 				kept = append(kept, item)
 			}
@@ -287,26 +348,81 @@ func (m *masker) applyEnvoy(input map[string]any, erased []string) []string {
 }
 
 // redactQuery replaces the values of secret query parameters in a path or
-// query string with "REDACTED".
+// query string with "REDACTED". Parameters are split on '&', and also on
+// ';' and '#' (separators some parsers use, and the fragment where OAuth
+// implicit flows put tokens), so that a request refused for them still
+// keeps its secrets out of the log.
 func (m *masker) redactQuery(s string) (string, bool) {
 	prefix, q, hasQ := strings.Cut(s, "?")
 	if !hasQ {
 		q, prefix = s, ""
 	}
-	parts := strings.Split(q, "&")
+	var b strings.Builder
 	changed := false
-	for i, p := range parts {
-		k, _, _ := strings.Cut(p, "=")
-		if dk, err := url.QueryUnescape(k); err == nil && m.secretField(dk) {
-			parts[i] = k + "=REDACTED"
+	for rest := q; ; {
+		part, sep := rest, ""
+		if i := strings.IndexAny(rest, "&;#"); i >= 0 {
+			part, sep, rest = rest[:i], rest[i:i+1], rest[i+1:]
+		}
+		k, _, _ := strings.Cut(part, "=")
+		dk, err := url.QueryUnescape(k)
+		if err != nil {
+			dk = k
+		}
+		if m.secretField(dk) {
+			part = k + "=REDACTED"
 			changed = true
+		}
+		b.WriteString(part)
+		b.WriteString(sep)
+		if sep == "" {
+			break
 		}
 	}
 	if !changed {
 		return s, false
 	}
 	if hasQ {
-		return prefix + "?" + strings.Join(parts, "&"), true
+		return prefix + "?" + b.String(), true
 	}
-	return strings.Join(parts, "&"), true
+	return b.String(), true
+}
+
+// redactHeaderValue redacts secret query parameters inside the value of
+// header k when it carries a URI (X-Original-URI, X-Forwarded-Uri,
+// Referer, Envoy's :path, ...). It reports whether it changed anything.
+func (m *masker) redactHeaderValue(hs map[string]any, k string) bool {
+	s, ok := hs[k].(string)
+	if !ok {
+		return false
+	}
+	red, changed := m.redactURIValue(s)
+	if changed {
+		hs[k] = red
+	}
+	return changed
+}
+
+// redactURIValue is redactQuery for a header value, which carries a query
+// only if it has a '?' or '#'.
+func (m *masker) redactURIValue(s string) (string, bool) {
+	if !strings.ContainsAny(s, "?#") {
+		return s, false
+	}
+	return m.redactQuery(s)
+}
+
+// redactHeaderMapValue is redactHeaderValue for an ext_authz header_map
+// entry, whose value may be in rawValue (base64 in protojson).
+func (m *masker) redactHeaderMapValue(hv map[string]any) bool {
+	if raw, ok := hv["rawValue"].(string); ok {
+		if b, err := base64.StdEncoding.DecodeString(raw); err == nil {
+			if red, changed := m.redactQuery(string(b)); changed && strings.ContainsAny(string(b), "?#") {
+				delete(hv, "rawValue")
+				hv["value"] = red
+				return true
+			}
+		}
+	}
+	return m.redactHeaderValue(hv, "value")
 }

@@ -10,7 +10,9 @@
 // JWKS file are immutable after New. The key set of a JWKS URL is an
 // immutable value behind an atomic pointer, replaced whole by Run or by an
 // on-demand refetch (at most one per MinRefetchInterval, one at a time);
-// no lock is held during I/O.
+// no lock is held during I/O. Verified JWTs are remembered in a bounded
+// cache (tokenCache) under its own mutex; an entry never outlives the
+// token's exp nor the key set that verified it.
 package authn
 
 import (
@@ -62,6 +64,7 @@ type Authenticator struct {
 	jwt    *jwtSettings
 	static *keySet     // key set of jwt.jwks_file
 	remote *remoteKeys // key set of jwt.jwks_url
+	tokens *tokenCache // verified JWTs; nil when off
 	now    func() time.Time
 	log    *slog.Logger
 }
@@ -85,6 +88,9 @@ func New(cfg Config, opts Options) (*Authenticator, error) {
 	}
 	if a.now == nil {
 		a.now = time.Now
+	}
+	if v.jwt != nil {
+		a.tokens = newTokenCache(v.jwt.cacheSize, v.jwt.cacheTTL)
 	}
 	if a.log == nil {
 		a.log = slog.New(slog.DiscardHandler)
@@ -148,7 +154,9 @@ func HashKey(secret string) string {
 // decision.Anonymous() and nil. A credential that cannot be verified, or
 // more than one credential, yields a zero Identity and an error wrapping
 // ErrInvalidCredentials. Header names are matched case-insensitively, so h
-// need not be canonicalized.
+// need not be canonicalized. The Groups and Claims of a returned Identity
+// may be shared with other requests (a JWT's identity is remembered, see
+// JWTConfig.CacheTTL) and must not be modified.
 func (a *Authenticator) Authenticate(ctx context.Context, h http.Header) (decision.Identity, error) {
 	var authz, apiKey []string
 	for name, vs := range h {
@@ -258,21 +266,25 @@ func isCompactJWS(s string) bool {
 	dots := 0
 	start := 0
 	for i := 0; i < len(s); i++ {
-		c := s[i]
-		switch {
-		case c == '.':
-			if i == start || dots == 2 {
-				return false
-			}
-			dots++
-			start = i + 1
-		case 'a' <= c && c <= 'z', 'A' <= c && c <= 'Z', '0' <= c && c <= '9', c == '-', c == '_':
-		default:
+		if base64URL[s[i]] {
+			continue
+		}
+		if s[i] != '.' || i == start || dots == 2 {
 			return false
 		}
+		dots++
+		start = i + 1
 	}
 	return dots == 2
 }
+
+// base64URL marks the bytes of the unpadded base64url alphabet.
+var base64URL = func() (t [256]bool) {
+	for c := range 256 {
+		t[c] = 'a' <= c && c <= 'z' || 'A' <= c && c <= 'Z' || '0' <= c && c <= '9' || c == '-' || c == '_'
+	}
+	return t
+}()
 
 // invalid wraps cause with ErrInvalidCredentials.
 func invalid(cause error) (decision.Identity, error) {

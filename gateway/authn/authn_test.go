@@ -59,7 +59,7 @@ var (
 
 // testRSAKey generates one RSA key per test binary: RSA generation is the
 // slowest step of these tests.
-func testRSAKey(t *testing.T) *rsa.PrivateKey {
+func testRSAKey(t testing.TB) *rsa.PrivateKey {
 	t.Helper()
 	rsaOnce.Do(func() { rsaKey, rsaErr = rsa.GenerateKey(rand.Reader, 2048) })
 	if rsaErr != nil {
@@ -68,7 +68,7 @@ func testRSAKey(t *testing.T) *rsa.PrivateKey {
 	return rsaKey
 }
 
-func newEdKey(t *testing.T) ed25519.PrivateKey {
+func newEdKey(t testing.TB) ed25519.PrivateKey {
 	t.Helper()
 	_, priv, err := ed25519.GenerateKey(rand.Reader)
 	if err != nil {
@@ -78,7 +78,7 @@ func newEdKey(t *testing.T) ed25519.PrivateKey {
 }
 
 // sign returns a compact JWS of claims; kid "" leaves the header out.
-func sign(t *testing.T, priv any, alg jose.SignatureAlgorithm, kid string, claims map[string]any) string {
+func sign(t testing.TB, priv any, alg jose.SignatureAlgorithm, kid string, claims map[string]any) string {
 	t.Helper()
 	opts := (&jose.SignerOptions{}).WithType("JWT")
 	if kid != "" {
@@ -116,7 +116,7 @@ func claims(now time.Time, mods ...func(map[string]any)) map[string]any {
 func set(k string, v any) func(map[string]any) { return func(c map[string]any) { c[k] = v } }
 func del(k string) func(map[string]any)        { return func(c map[string]any) { delete(c, k) } }
 
-func jwks(t *testing.T, keys ...jose.JSONWebKey) []byte {
+func jwks(t testing.TB, keys ...jose.JSONWebKey) []byte {
 	t.Helper()
 	b, err := json.Marshal(jose.JSONWebKeySet{Keys: keys})
 	if err != nil {
@@ -131,7 +131,7 @@ func pub(priv any, kid string) jose.JSONWebKey {
 	return k.Public()
 }
 
-func writeFile(t *testing.T, dir, name string, data []byte) string {
+func writeFile(t testing.TB, dir, name string, data []byte) string {
 	t.Helper()
 	p := filepath.Join(dir, name)
 	if err := os.WriteFile(p, data, 0o600); err != nil {

@@ -32,6 +32,12 @@ const (
 	// kid triggers at most one fetch per interval, so a stream of forged
 	// tokens cannot turn into a fetch storm against the identity provider.
 	MinRefetchInterval = 30 * time.Second
+	// DefaultTokenCacheSize and DefaultTokenCacheTTL bound the cache of
+	// verified tokens when jwt.cache_size and jwt.cache_ttl are empty;
+	// MaxTokenCacheTTL bounds jwt.cache_ttl.
+	DefaultTokenCacheSize = 10000
+	DefaultTokenCacheTTL  = 5 * time.Minute
+	MaxTokenCacheTTL      = time.Hour
 	// DefaultSubjectClaim and DefaultGroupsClaim name the claims read when
 	// the config leaves them empty.
 	DefaultSubjectClaim = "sub"
@@ -119,6 +125,15 @@ type JWTConfig struct {
 	// strings or one space-separated string; absent means no groups.
 	// Default "" means "groups".
 	GroupsClaim string `yaml:"groups_claim"`
+	// CacheSize bounds how many verified tokens are remembered, so that a
+	// caller reusing its token is not verified again on every request (see
+	// CacheTTL). Default 0 means 10000; negative is an error.
+	CacheSize int `yaml:"cache_size"`
+	// CacheTTL is the longest a verified token is reused without verifying
+	// it again, as a Go duration; never past the token's exp, and never
+	// after the key set changed. Default "" means 5m; "0s" turns the cache
+	// off; at most 1h.
+	CacheTTL string `yaml:"cache_ttl"`
 }
 
 // apiKey is a validated APIKey.
@@ -140,6 +155,8 @@ type jwtSettings struct {
 	groupsClaim  string
 	jwksFile     string
 	jwksURL      *url.URL
+	cacheSize    int           // verified tokens remembered
+	cacheTTL     time.Duration // 0: no cache
 }
 
 // validated is everything New derives from a Config before it builds the
@@ -283,6 +300,27 @@ func validateJWT(c JWTConfig, baseDir string) (*jwtSettings, *keySet, []error) {
 		refresh:      DefaultRefreshInterval,
 		subjectClaim: c.SubjectClaim,
 		groupsClaim:  c.GroupsClaim,
+		cacheSize:    DefaultTokenCacheSize,
+		cacheTTL:     DefaultTokenCacheTTL,
+	}
+	switch {
+	case c.CacheSize < 0:
+		errs = append(errs, fmt.Errorf("jwt.cache_size: %d is negative", c.CacheSize))
+	case c.CacheSize > 0:
+		s.cacheSize = c.CacheSize
+	}
+	if c.CacheTTL != "" {
+		d, err := time.ParseDuration(c.CacheTTL)
+		switch {
+		case err != nil:
+			errs = append(errs, fmt.Errorf("jwt.cache_ttl: %w", err))
+		case d < 0:
+			errs = append(errs, fmt.Errorf("jwt.cache_ttl: %s is negative", c.CacheTTL))
+		case d > MaxTokenCacheTTL:
+			errs = append(errs, fmt.Errorf("jwt.cache_ttl: %s exceeds the maximum of %s", c.CacheTTL, MaxTokenCacheTTL))
+		default:
+			s.cacheTTL = d
+		}
 	}
 	if s.subjectClaim == "" {
 		s.subjectClaim = DefaultSubjectClaim

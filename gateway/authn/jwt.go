@@ -20,7 +20,19 @@ import (
 // the policy see the same document (no parser differential on duplicate
 // members). In identity.claims every JSON number is a float64, as OPA
 // itself would read it; integers beyond 2^53 lose precision.
+//
+// A token verified before is answered from the token cache (see tokenCache
+// for when an entry may be reused); the identity it returns shares Groups
+// and Claims with the other requests presenting that token.
 func (a *Authenticator) verifyJWT(ctx context.Context, token string) (decision.Identity, error) {
+	now := a.now()
+	key, cacheable := tokenKey(token)
+	cacheable = cacheable && a.tokens != nil
+	if cacheable {
+		if id, ok := a.tokens.get(key, a.currentKeys(), now); ok {
+			return id, nil
+		}
+	}
 	s := a.jwt
 	jws, err := jose.ParseSignedCompact(token, s.algorithms)
 	if err != nil {
@@ -36,7 +48,7 @@ func (a *Authenticator) verifyJWT(ctx context.Context, token string) (decision.I
 	}
 	alg := jose.SignatureAlgorithm(hdr.Algorithm)
 
-	keys, err := a.verificationKeys(ctx, hdr.KeyID, alg)
+	keys, ks, err := a.verificationKeys(ctx, hdr.KeyID, alg)
 	if err != nil {
 		return invalid(fmt.Errorf("jwt: %w", err))
 	}
@@ -61,7 +73,7 @@ func (a *Authenticator) verifyJWT(ctx context.Context, token string) (decision.I
 	if std.Expiry == nil {
 		return invalid(errors.New("jwt: exp claim required"))
 	}
-	expected := jwt.Expected{Issuer: s.issuer, AnyAudience: s.audiences, Time: a.now()}
+	expected := jwt.Expected{Issuer: s.issuer, AnyAudience: s.audiences, Time: now}
 	if err := std.ValidateWithLeeway(expected, s.leeway); err != nil {
 		return invalid(fmt.Errorf("jwt: %w", err))
 	}
@@ -74,7 +86,7 @@ func (a *Authenticator) verifyJWT(ctx context.Context, token string) (decision.I
 	if err != nil {
 		return invalid(fmt.Errorf("jwt: claim %q: %w", s.groupsClaim, err))
 	}
-	return decision.Identity{
+	id := decision.Identity{
 		Authenticated: true,
 		Method:        decision.MethodJWT,
 		Subject:       subject,
@@ -82,7 +94,20 @@ func (a *Authenticator) verifyJWT(ctx context.Context, token string) (decision.I
 		KeyID:         hdr.KeyID,
 		Groups:        groups,
 		Claims:        claims,
-	}, nil
+	}
+	if cacheable {
+		a.tokens.add(key, id, ks, now, std.Expiry.Time())
+	}
+	return id, nil
+}
+
+// currentKeys is the key set tokens are verified with now: the JWKS file's,
+// or the latest fetched from the JWKS URL (nil before the first fetch).
+func (a *Authenticator) currentKeys() *keySet {
+	if a.remote != nil {
+		return a.remote.current.Load()
+	}
+	return a.static
 }
 
 // groupsOf reads a groups claim: absent or null is no groups, a string is
@@ -110,22 +135,20 @@ func groupsOf(v any) ([]string, error) {
 }
 
 // verificationKeys returns the keys that may verify a token with kid and
-// alg. For a JWKS URL, a miss (an unknown kid, or no key set yet) triggers
-// one refetch, rate-limited to one per MinRefetchInterval, so that a key
-// rotated in at the issuer is picked up without waiting for Run.
-func (a *Authenticator) verificationKeys(ctx context.Context, kid string, alg jose.SignatureAlgorithm) ([]verifyKey, error) {
-	ks := a.static
-	if a.remote != nil {
-		ks = a.remote.current.Load()
-	}
+// alg, and the key set they belong to. For a JWKS URL, a miss (an unknown
+// kid, or no key set yet) triggers one refetch, rate-limited to one per
+// MinRefetchInterval, so that a key rotated in at the issuer is picked up
+// without waiting for Run.
+func (a *Authenticator) verificationKeys(ctx context.Context, kid string, alg jose.SignatureAlgorithm) ([]verifyKey, *keySet, error) {
+	ks := a.currentKeys()
 	if ks != nil {
 		keys, err := ks.candidates(kid, alg)
 		if err != nil || len(keys) > 0 {
-			return keys, err
+			return keys, ks, err
 		}
 	}
 	if a.remote == nil {
-		return nil, fmt.Errorf("no key for kid %q and %s", kid, alg)
+		return nil, nil, fmt.Errorf("no key for kid %q and %s", kid, alg)
 	}
 
 	// A failed fetch is logged here, at most once per MinRefetchInterval;
@@ -136,14 +159,14 @@ func (a *Authenticator) verificationKeys(ctx context.Context, kid string, alg jo
 	}
 	ks = a.remote.current.Load()
 	if ks == nil {
-		return nil, errors.New("key set not loaded yet")
+		return nil, nil, errors.New("key set not loaded yet")
 	}
 	keys, err := ks.candidates(kid, alg)
 	if err != nil {
-		return nil, err
+		return nil, nil, err
 	}
 	if len(keys) == 0 {
-		return nil, fmt.Errorf("no key for kid %q and %s", kid, alg)
+		return nil, nil, fmt.Errorf("no key for kid %q and %s", kid, alg)
 	}
-	return keys, nil
+	return keys, ks, nil
 }

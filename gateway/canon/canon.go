@@ -51,6 +51,10 @@ type Target struct {
 	Segments []string   // decoded segments of Path, no empty ones
 	Query    url.Values // every value of repeated keys, in order
 	RawQuery string     // canonical encoding of Query: exactly what is forwarded
+	// EncodedSlash is set when a segment holds a '/' or '' once decoded,
+	// or once decoded again by a backend that decodes twice (%252F).
+	// Only possible with Options.AllowEncodedSlash.
+	EncodedSlash bool
 }
 
 // URI is the canonical request-target: Path plus "?" and RawQuery when a
@@ -65,7 +69,7 @@ func (t *Target) URI() string {
 // Parse canonicalizes an origin-form request-target ("/a/b?x=1").
 func Parse(requestURI string, opts Options) (*Target, error) {
 	if requestURI == "" || requestURI[0] != '/' {
-		return nil, reject("bad_path", "request-target %q is not in origin form", truncate(requestURI))
+		return nil, reject("bad_path", "request-target %q is not in origin form", truncate(RedactTarget(requestURI)))
 	}
 	for i := 0; i < len(requestURI); i++ {
 		c := requestURI[i]
@@ -122,9 +126,11 @@ func (t *Target) parsePath(rawPath string, opts Options) error {
 		if err != nil {
 			return reject("bad_path", "invalid percent-encoding")
 		}
-		if err := checkSegment(seg, opts); err != nil {
+		slash, err := checkSegment(seg, opts)
+		if err != nil {
 			return err
 		}
+		t.EncodedSlash = t.EncodedSlash || slash
 		segs = append(segs, seg)
 		b.WriteByte('/')
 		b.WriteString(escapeSegment(seg))
@@ -136,32 +142,65 @@ func (t *Target) parsePath(rawPath string, opts Options) error {
 	return nil
 }
 
-func checkSegment(seg string, opts Options) error {
+// maxDecodings bounds how many more times a decoded segment is decoded
+// again to look for what it hides; one that still decodes to something
+// else after that is refused.
+const maxDecodings = 3
+
+// checkSegment checks a decoded segment, and what it becomes when decoded
+// again: backends and frameworks that percent-decode twice read
+// /a/%252e%252e/b as /a/../b, so a dot-segment, control byte or slash is
+// refused (or, for a slash, reported) at every decoding depth. It reports
+// whether the segment holds a slash or backslash at some depth.
+func checkSegment(seg string, opts Options) (slash bool, err error) {
+	for i := 0; ; i++ {
+		s, err := checkDecoded(seg, opts)
+		if err != nil {
+			return false, err
+		}
+		slash = slash || s
+		if strings.IndexByte(seg, '%') < 0 {
+			return slash, nil
+		}
+		again, err := url.PathUnescape(seg)
+		if err != nil || again == seg {
+			return slash, nil // not an escape to any decoder: kept literally
+		}
+		if i == maxDecodings {
+			return false, reject("bad_path", "percent-encoding nested more than %d times", maxDecodings)
+		}
+		seg = again
+	}
+}
+
+// checkDecoded checks one decoding of a segment.
+func checkDecoded(seg string, opts Options) (slash bool, err error) {
 	if seg == "." || seg == ".." {
-		return reject("bad_path", "dot-segment")
+		return false, reject("bad_path", "dot-segment")
 	}
 	if !utf8.ValidString(seg) {
-		return reject("bad_path", "invalid UTF-8 in path")
+		return false, reject("bad_path", "invalid UTF-8 in path")
 	}
 	for _, r := range seg {
 		if r < 0x20 || r == 0x7f || (r >= 0x80 && r < 0xa0) {
-			return reject("bad_path", "control character in path")
+			return false, reject("bad_path", "control character in path")
 		}
 	}
 	if strings.ContainsAny(seg, `/\`) {
+		slash = true
 		if !opts.AllowEncodedSlash {
-			return reject("bad_path", "encoded slash or backslash in path")
+			return false, reject("bad_path", "encoded slash or backslash in path")
 		}
 		for _, sub := range strings.FieldsFunc(seg, func(r rune) bool { return r == '/' || r == '\\' }) {
 			if sub == "." || sub == ".." {
-				return reject("bad_path", "dot-segment inside an encoded segment")
+				return false, reject("bad_path", "dot-segment inside an encoded segment")
 			}
 		}
 		if strings.Contains(seg, "//") || strings.Contains(seg, `\\`) {
-			return reject("bad_path", "empty segment inside an encoded segment")
+			return false, reject("bad_path", "empty segment inside an encoded segment")
 		}
 	}
-	return nil
+	return slash, nil
 }
 
 // escapeSegment percent-encodes everything but unreserved characters and
@@ -270,6 +309,32 @@ func validPort(s string) bool {
 		}
 	}
 	return true
+}
+
+// RedactTarget returns a request-target as received without what may hold
+// a credential: the query, the fragment and the user information of an
+// authority ("http://user:pass@host/p?access_token=x#t" gives
+// "http://host/p"). Logs and error details show this, never the target.
+func RedactTarget(target string) string {
+	if i := strings.IndexAny(target, "?#"); i >= 0 {
+		target = target[:i]
+	}
+	start := 0
+	if i := strings.Index(target, "//"); i >= 0 {
+		start = i + 2 // "scheme://authority/..." or "//authority/..."
+	} else if target != "" && target[0] != '/' {
+		start = 0 // authority-form ("user:pass@host:port")
+	} else {
+		return target
+	}
+	end := len(target)
+	if i := strings.IndexByte(target[start:], '/'); i >= 0 {
+		end = start + i
+	}
+	if at := strings.LastIndexByte(target[start:end], '@'); at >= 0 {
+		return target[:start] + target[start+at+1:]
+	}
+	return target
 }
 
 func truncate(s string) string {

@@ -21,6 +21,7 @@ import (
 	"context"
 	"encoding/json"
 	"errors"
+	"fmt"
 	"net/http"
 	"net/netip"
 	"sort"
@@ -57,21 +58,36 @@ func New(g *guard.Guard) *Server { return &Server{guard: g} }
 const partialBodyHeader = "x-envoy-auth-partial-body"
 
 // Check decides one request Envoy is about to forward.
-func (s *Server) Check(ctx context.Context, cr *authv3.CheckRequest) (*authv3.CheckResponse, error) {
+func (s *Server) Check(ctx context.Context, cr *authv3.CheckRequest) (resp *authv3.CheckResponse, err error) {
 	start := time.Now()
-	req, err := s.request(cr)
+	recorded := false
+	defer func() {
+		// gRPC does not recover a handler's panic: the process would die.
+		// Nor is an error an answer: Envoy may fail open on one. A Check
+		// that panics is denied, and logged unless it already was.
+		if p := recover(); p != nil {
+			v := s.guard.Refuse(&guard.Request{Header: http.Header{}, Start: start, FrontDoor: "ext_authz"},
+				http.StatusInternalServerError, "internal_error", fmt.Errorf("ext_authz: panic: %v", p))
+			if !recorded {
+				s.guard.Record(ctx, v, decision.Completion{Status: http.StatusInternalServerError, Latency: time.Since(start)})
+			}
+			resp, err = respond(v), nil
+		}
+	}()
+	req, rerr := s.request(cr)
 	req.Start, req.FrontDoor = start, "ext_authz"
 	var v *guard.Verdict
-	if err != nil {
-		v = s.guard.Refuse(req, http.StatusBadRequest, "malformed_request", err)
+	if rerr != nil {
+		v = s.guard.Refuse(req, http.StatusBadRequest, "malformed_request", rerr)
 	} else {
 		v = s.guard.Check(ctx, req)
 	}
-	resp := respond(v)
+	resp = respond(v)
 	status := http.StatusOK
 	if !v.Allowed {
 		status = v.Status
 	}
+	recorded = true
 	s.guard.Record(ctx, v, decision.Completion{Status: status, Latency: time.Since(start)})
 	return resp, nil
 }
@@ -209,11 +225,12 @@ func envoyInput(cr *authv3.CheckRequest, req *guard.Request, body []byte) map[st
 		}
 		extra["parsed_query"] = q
 	}
-	if len(body) > 0 && !req.BodyTruncated && strings.Contains(strings.ToLower(req.Header.Get("Content-Type")), "json") {
-		dec := json.NewDecoder(bytes.NewReader(body))
-		dec.UseNumber()
-		var v any
-		if dec.Decode(&v) == nil {
+	// parsed_body is what the gateway's own strict parser reads (the one
+	// that refuses duplicate keys and trailing data for input.request.body),
+	// so that opa-envoy policies never decide on a body a backend could
+	// read differently.
+	if len(body) > 0 && !req.BodyTruncated && guard.IsJSON(req.Header.Get("Content-Type")) {
+		if v, err := guard.ParseJSON(body); err == nil {
 			extra["parsed_body"] = v
 		}
 	}
@@ -274,6 +291,11 @@ func respond(v *guard.Verdict) *authv3.CheckResponse {
 		remove[strings.ToLower(h)] = true
 	}
 	for _, h := range d.Result.RemoveHeaders {
+		remove[strings.ToLower(h)] = true
+	}
+	// No other spelling of a header set or removed here (X_Foo for X-Foo)
+	// reaches a backend that reads both as one.
+	for _, h := range guard.OtherSpellings(v.Header, sortedKeys(upstream), d.Result.RemoveHeaders) {
 		remove[strings.ToLower(h)] = true
 	}
 	for h := range upstream {

@@ -9,6 +9,9 @@
 //
 // The original method and URI are believed only from configured trusted
 // proxies; from anyone else the request is refused without evaluation.
+// Proxies pass the client's own headers through next to the ones they set,
+// so when the headers of both conventions (or repeated headers) describe
+// the original request differently, it is refused as ambiguous.
 //
 // It must not import decision internals, bundles or xds.
 //
@@ -37,15 +40,35 @@ func New(g *guard.Guard) *Handler { return &Handler{guard: g} }
 var (
 	methodHeaders = []string{"X-Forwarded-Method", "X-Original-Method"}
 	uriHeaders    = []string{"X-Forwarded-Uri", "X-Original-Uri", "X-Original-Url"}
+	hostHeaders   = []string{"X-Forwarded-Host"}
+	protoHeaders  = []string{"X-Forwarded-Proto"}
 )
 
-func first(h http.Header, names []string) string {
+// errAmbiguous refuses a request whose original method, URI, host or
+// scheme is described more than once with different values.
+var errAmbiguous = errors.New("forward-auth headers describe the original request in conflicting ways")
+
+// original returns the one value the headers names (in every spelling and
+// every repetition) give the original request, "" when none is set. A
+// proxy sets the headers of its own convention and passes the client's
+// other headers through (nginx auth_request forwards a client's
+// X-Forwarded-Uri next to the X-Original-URI it sets), so any disagreement
+// means a client is describing the request too: it is refused rather than
+// resolved by a precedence the proxy does not share.
+func original(h http.Header, names []string) (string, error) {
+	val := ""
 	for _, n := range names {
-		if v := h.Get(n); v != "" {
-			return v
+		for _, v := range h.Values(n) {
+			switch {
+			case v == "":
+			case val == "":
+				val = v
+			case v != val:
+				return "", errAmbiguous
+			}
 		}
 	}
-	return ""
+	return val, nil
 }
 
 func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request) {
@@ -55,8 +78,6 @@ func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		peer = ap.Addr().Unmap()
 	}
 	req := &guard.Request{
-		Method:        first(r.Header, methodHeaders),
-		Target:        first(r.Header, uriHeaders),
 		Host:          r.Host,
 		Header:        r.Header,
 		Peer:          peer,
@@ -64,18 +85,27 @@ func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		Start:         start,
 		FrontDoor:     "forward_auth",
 	}
-	if fh := r.Header.Get("X-Forwarded-Host"); fh != "" {
-		req.Host = fh
+	method, errM := original(r.Header, methodHeaders)
+	target, errU := original(r.Header, uriHeaders)
+	host, errH := original(r.Header, hostHeaders)
+	proto, errP := original(r.Header, protoHeaders)
+	ambiguous := errors.Join(errM, errU, errH, errP)
+	req.Method, req.Target = method, target
+	if host != "" {
+		req.Host = host
 	}
-	req.TLS = r.Header.Get("X-Forwarded-Proto") == "https"
+	req.TLS = proto == "https"
 
 	var v *guard.Verdict
 	switch {
 	case !h.guard.IsTrusted(peer):
 		// The original-request headers of an untrusted caller are ignored:
 		// nothing else describes the request to decide, so it is refused.
-		req.Method, req.Target = r.Method, r.RequestURI
+		req.Method, req.Target, req.Host, req.TLS = r.Method, r.RequestURI, r.Host, false
 		v = h.guard.Refuse(req, http.StatusForbidden, "untrusted_proxy", errors.New("forward-auth caller is not a trusted proxy"))
+	case ambiguous != nil:
+		req.Method, req.Target = r.Method, r.RequestURI
+		v = h.guard.Refuse(req, http.StatusBadRequest, "ambiguous_original_request", ambiguous)
 	case req.Method == "" || req.Target == "":
 		v = h.guard.Refuse(req, http.StatusBadRequest, "missing_original_request",
 			errors.New("X-Forwarded-Method/X-Forwarded-Uri (or X-Original-Method/X-Original-URI) required"))

@@ -22,6 +22,8 @@ import (
 	"net/http"
 	"net/netip"
 	"net/textproto"
+	"slices"
+	"sort"
 	"strings"
 	"time"
 
@@ -72,7 +74,7 @@ type Guard struct {
 	log     *slog.Logger
 	metrics *metrics
 	limits  *ratelimit.Enforcer
-	strip   []string // canonical header names never forwarded nor shown to policies
+	strip   map[string]bool // HeaderKey of names never forwarded nor shown to policies
 }
 
 // Header names the gateway owns; clients cannot supply them.
@@ -89,6 +91,9 @@ var (
 		"Proxy-Authorization", "Te", "Trailer", "Transfer-Encoding", "Upgrade",
 	}
 	methodOverride = []string{"X-Http-Method-Override", "X-Http-Method", "X-Method-Override"}
+	// Proxy is no standard header, but CGI-style backends turn it into the
+	// HTTP_PROXY environment variable their HTTP clients obey (httpoxy).
+	httpoxy = []string{"Proxy"}
 	// Only trusted proxies may say where a request came from or what it
 	// originally asked for.
 	forwarding = []string{
@@ -98,7 +103,70 @@ var (
 		"X-Rewrite-Url", "X-Envoy-Original-Path", "X-Real-Ip", "X-Client-Ip",
 		"True-Client-Ip", "Cf-Connecting-Ip",
 	}
+	forwardingKeys   = keySet(forwarding)
+	gatewayKeyPrefix = HeaderKey(gatewayHeaderPrefix)
+	decisionIDKey    = HeaderKey(HeaderDecisionID)
+	xffKey           = HeaderKey("X-Forwarded-For")
 )
+
+// HeaderKey is the name under which a header is matched against the
+// names the gateway strips or sets: lower case, with '_' read as '-'.
+// CGI-style backends (WSGI, PHP, Rack, ...) present X-Api-Key and X_Api_Key
+// alike as HTTP_X_API_KEY, so a name is stripped in every such spelling.
+func HeaderKey(name string) string {
+	for i := 0; i < len(name); i++ {
+		if c := name[i]; c == '_' || 'A' <= c && c <= 'Z' {
+			return string(appendHeaderKey(nil, name))
+		}
+	}
+	return name
+}
+
+// appendHeaderKey appends HeaderKey(name) to dst.
+func appendHeaderKey(dst []byte, name string) []byte {
+	for i := 0; i < len(name); i++ {
+		switch c := name[i]; {
+		case c == '_':
+			dst = append(dst, '-')
+		case 'A' <= c && c <= 'Z':
+			dst = append(dst, c+('a'-'A'))
+		default:
+			dst = append(dst, c)
+		}
+	}
+	return dst
+}
+
+// OtherSpellings returns the names in h that are another spelling (see
+// HeaderKey) of one of names without being that name: a front door that
+// sets or removes a header removes these too, so that a CGI-style backend
+// cannot read a client's X_Foo as the gateway's X-Foo.
+func OtherSpellings(h http.Header, names ...[]string) []string {
+	var out []string
+	for name := range h {
+		if strings.IndexByte(name, '_') < 0 {
+			continue // only an underscore makes two names one for such backends
+		}
+		k := HeaderKey(name)
+		for _, list := range names {
+			for _, n := range list {
+				if HeaderKey(n) == k && textproto.CanonicalMIMEHeaderKey(n) != name {
+					out = append(out, name)
+				}
+			}
+		}
+	}
+	sort.Strings(out)
+	return slices.Compact(out)
+}
+
+func keySet(names []string) map[string]bool {
+	m := make(map[string]bool, len(names))
+	for _, n := range names {
+		m[HeaderKey(n)] = true
+	}
+	return m
+}
 
 // New builds a Guard.
 func New(cfg Config) (*Guard, error) {
@@ -121,10 +189,11 @@ func New(cfg Config) (*Guard, error) {
 		return nil, fmt.Errorf("guard: metrics: %w", err)
 	}
 	g.metrics = m
-	g.strip = append(g.strip, hopByHop...)
-	g.strip = append(g.strip, methodOverride...)
-	for _, c := range cfg.Authenticator.CredentialHeaders() {
-		g.strip = append(g.strip, textproto.CanonicalMIMEHeaderKey(c))
+	g.strip = keySet(hopByHop)
+	for _, list := range [][]string{methodOverride, httpoxy, cfg.Authenticator.CredentialHeaders()} {
+		for _, n := range list {
+			g.strip[HeaderKey(n)] = true
+		}
 	}
 	return g, nil
 }
@@ -133,16 +202,8 @@ func New(cfg Config) (*Guard, error) {
 // shows to policies nor forwards whatever the peer: hop-by-hop headers,
 // credentials, method overrides and gateway-owned names.
 func (g *Guard) Strips(name string) bool {
-	name = textproto.CanonicalMIMEHeaderKey(name)
-	if strings.HasPrefix(name, gatewayHeaderPrefix) || name == HeaderDecisionID {
-		return true
-	}
-	for _, s := range g.strip {
-		if s == name {
-			return true
-		}
-	}
-	return false
+	k := HeaderKey(name)
+	return g.strip[k] || strings.HasPrefix(k, gatewayKeyPrefix) || k == decisionIDKey
 }
 
 // Routes returns the routing table.
@@ -254,7 +315,7 @@ func (g *Guard) Check(ctx context.Context, req *Request) *Verdict {
 	if in.Route.Labels == nil {
 		in.Route.Labels = map[string]string{}
 	}
-	if !rt.AllowEncodedSlash && hasSlash(tg.Segments) {
+	if !rt.AllowEncodedSlash && tg.EncodedSlash {
 		return g.refuse(v, in, http.StatusBadRequest, "bad_path", errors.New("encoded slash not allowed on this route"))
 	}
 	if _, ok := tg.Query["_method"]; ok {
@@ -276,8 +337,12 @@ func (g *Guard) Check(ctx context.Context, req *Request) *Verdict {
 	if req.BodyTruncated {
 		in.Request.BodyTruncated = true
 		v.Body, v.BodyLen = req.Body, req.ContentLength
-	} else if err := readBody(req.Body, req.ContentLength, rt.BodyLimit, v.Header.Get("Content-Type"), in, v); err != nil {
-		return g.refuse(v, in, http.StatusBadRequest, codeOf(err), err)
+	} else if err := readBody(req.Body, req.ContentLength, rt.BodyLimit, v.Header.Values("Content-Type"), in, v); err != nil {
+		status := http.StatusBadRequest
+		if isTimeout(err) {
+			status = http.StatusRequestTimeout
+		}
+		return g.refuse(v, in, status, codeOf(err), err)
 	}
 
 	d := g.decider.Decide(ctx, rt.Policy, in, decision.WithCacheTTL(rt.CacheTTL))
@@ -364,6 +429,12 @@ func codeOf(err error) string {
 	if errors.As(err, &ce) {
 		return ce.Code
 	}
+	if errors.Is(err, errBodyMethodOverride) {
+		return "method_override"
+	}
+	if isTimeout(err) {
+		return "body_timeout"
+	}
 	var be *bodyError
 	if errors.As(err, &be) {
 		return "bad_body"
@@ -371,18 +442,17 @@ func codeOf(err error) string {
 	return "bad_request"
 }
 
-func rawPathOf(target string) string {
-	p, _, _ := strings.Cut(target, "?")
-	return p
+// isTimeout reports whether err is a read deadline passing (the front
+// door's bound on reading the body).
+func isTimeout(err error) bool {
+	var te interface{ Timeout() bool }
+	return errors.As(err, &te) && te.Timeout()
 }
 
-func hasSlash(segs []string) bool {
-	for _, s := range segs {
-		if strings.ContainsAny(s, `/\`) {
-			return true
-		}
-	}
-	return false
+// rawPathOf is input.request.raw_path: the path as received, without the
+// query, a fragment or user information (see canon.RedactTarget).
+func rawPathOf(target string) string {
+	return canon.RedactTarget(target)
 }
 
 // IsTrusted reports whether a is a configured trusted proxy.
@@ -411,9 +481,12 @@ func (g *Guard) clientAddr(peer netip.Addr, h http.Header) (netip.Addr, bool) {
 		if s == "" {
 			continue
 		}
-		a, err := netip.ParseAddr(s)
-		if err != nil {
-			break
+		a, ok := parseHop(s)
+		if !ok {
+			// A hop that is no address ("unknown", garbage) is not a
+			// trusted proxy either: the client is unknown, never the
+			// trusted hop before it.
+			return netip.Addr{}, true
 		}
 		client = a.Unmap()
 		if !g.IsTrusted(client) {
@@ -421,6 +494,23 @@ func (g *Guard) clientAddr(peer netip.Addr, h http.Header) (netip.Addr, bool) {
 		}
 	}
 	return client, true
+}
+
+// parseHop reads one X-Forwarded-For hop: an address, or an address with
+// a port as some proxies write it ("203.0.113.7:5555", "[2001:db8::1]:443").
+func parseHop(s string) (netip.Addr, bool) {
+	if a, err := netip.ParseAddr(s); err == nil {
+		return a, true
+	}
+	if ap, err := netip.ParseAddrPort(s); err == nil {
+		return ap.Addr(), true
+	}
+	if strings.HasPrefix(s, "[") && strings.HasSuffix(s, "]") {
+		if a, err := netip.ParseAddr(s[1 : len(s)-1]); err == nil && a.Is6() {
+			return a, true
+		}
+	}
+	return netip.Addr{}, false
 }
 
 // cleanHeader returns the client's headers without hop-by-hop headers
@@ -435,37 +525,40 @@ func (g *Guard) cleanHeader(in http.Header, trusted bool) (http.Header, string, 
 		out = http.Header{}
 	}
 	var removed []string
-	del := func(name string) {
-		name = textproto.CanonicalMIMEHeaderKey(name)
-		if _, ok := out[name]; ok {
-			delete(out, name)
-			removed = append(removed, name)
-		}
-	}
+	var listed map[string]bool // HeaderKey of the names Connection lists
 	for _, v := range in.Values("Connection") {
 		for _, name := range strings.Split(v, ",") {
 			if name = textproto.TrimString(name); name != "" {
-				del(name)
+				if listed == nil {
+					listed = map[string]bool{}
+				}
+				listed[HeaderKey(name)] = true
 			}
 		}
 	}
-	for _, name := range g.strip {
-		del(name)
-	}
-	for name := range out {
-		if strings.HasPrefix(name, gatewayHeaderPrefix) || name == HeaderDecisionID {
-			del(name)
-		}
-	}
 	xff := ""
-	if trusted {
+	if trusted && !listed[xffKey] {
 		xff = strings.Join(out.Values("X-Forwarded-For"), ", ")
-	} else {
-		for _, name := range forwarding {
-			del(name)
-		}
 	}
-	delete(out, "X-Forwarded-For") // rebuilt by the front door
+	// Every spelling of a name is matched (see HeaderKey).
+	var buf [64]byte
+	for name := range out {
+		kb := appendHeaderKey(buf[:0], name) // the lookups below do not allocate
+		switch {
+		case trusted && name == "X-Forwarded-For" && !listed[xffKey]:
+			// Rebuilt by the front door from the trusted chain in xff.
+			delete(out, name)
+			continue
+		case listed[string(kb)], g.strip[string(kb)], string(kb) == decisionIDKey, string(kb) == xffKey,
+			len(kb) >= len(gatewayKeyPrefix) && string(kb[:len(gatewayKeyPrefix)]) == gatewayKeyPrefix,
+			!trusted && forwardingKeys[string(kb)]:
+		default:
+			continue
+		}
+		delete(out, name)
+		removed = append(removed, name)
+	}
+	sort.Strings(removed)
 	return out, xff, removed
 }
 

@@ -15,11 +15,14 @@ import (
 	"errors"
 	"io"
 	"log/slog"
+	"maps"
 	"net"
 	"net/http"
 	"net/http/httputil"
 	"net/netip"
 	"net/url"
+	"slices"
+	"strings"
 	"sync"
 	"time"
 
@@ -38,13 +41,19 @@ type Config struct {
 	Transport http.RoundTripper
 	// Log receives operational errors. Nil discards.
 	Log *slog.Logger
+	// BodyTimeout bounds reading the part of a request body the policy
+	// sees, so that a client sending it slowly (or never) cannot hold the
+	// request before it is decided. Zero: no bound. The rest of the body
+	// is streamed to the upstream without it.
+	BodyTimeout time.Duration
 }
 
 // Handler is the gateway's reverse-proxy front door.
 type Handler struct {
-	guard   *guard.Guard
-	log     *slog.Logger
-	proxies map[*route.Route]*httputil.ReverseProxy
+	guard       *guard.Guard
+	log         *slog.Logger
+	proxies     map[*route.Route]*httputil.ReverseProxy
+	bodyTimeout time.Duration
 }
 
 // New builds the handler and one reverse proxy per route.
@@ -53,9 +62,10 @@ func New(cfg Config) (*Handler, error) {
 		return nil, errors.New("proxy: guard is required")
 	}
 	h := &Handler{
-		guard:   cfg.Guard,
-		log:     cfg.Log,
-		proxies: map[*route.Route]*httputil.ReverseProxy{},
+		guard:       cfg.Guard,
+		log:         cfg.Log,
+		proxies:     map[*route.Route]*httputil.ReverseProxy{},
+		bodyTimeout: cfg.BodyTimeout,
 	}
 	if h.log == nil {
 		h.log = slog.New(slog.DiscardHandler)
@@ -120,7 +130,20 @@ func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		Start:         time.Now(),
 		FrontDoor:     "proxy",
 	}
+	var rc *http.ResponseController
+	if h.bodyTimeout > 0 && r.ContentLength != 0 && r.Body != nil && r.Body != http.NoBody {
+		rc = http.NewResponseController(w)
+		if rc.SetReadDeadline(time.Now().Add(h.bodyTimeout)) != nil {
+			rc = nil // the connection cannot bound reads: nothing to undo
+		}
+	}
 	v := h.guard.Check(r.Context(), req)
+	if rc != nil && v.Allowed {
+		// The rest streams to the upstream unbounded. A refused request
+		// keeps the bound: the server drains an unread body before
+		// answering, and that must not wait forever either.
+		_ = rc.SetReadDeadline(time.Time{})
+	}
 	w.Header().Set(guard.HeaderDecisionID, v.ID())
 	for k, val := range v.Decision.Result.ResponseHeaders {
 		w.Header().Set(k, val)
@@ -201,6 +224,15 @@ func (h *Handler) rewrite(pr *httputil.ProxyRequest) {
 	for k, v := range d.Result.Headers {
 		pr.Out.Header.Set(k, v)
 	}
+	// The headers set or removed here are the only ones of their name in
+	// any spelling a CGI-style backend would read as the same.
+	if hasUnderscoreName(pr.Out.Header) {
+		for _, name := range guard.OtherSpellings(pr.Out.Header, gatewaySet, d.Result.RemoveHeaders, slices.Collect(maps.Keys(d.Result.Headers))) {
+			delete(pr.Out.Header, name)
+		}
+	}
+	// Request trailers are headers no policy saw and no hygiene ran on.
+	pr.Out.Trailer = nil
 	if v.Body != nil {
 		pr.Out.Body = io.NopCloser(v.Body)
 		pr.Out.ContentLength = v.BodyLen
@@ -262,6 +294,21 @@ func (h *Handler) upstreamError(w http.ResponseWriter, r *http.Request, err erro
 	guard.WriteDenial(w, status, code, st.v.ID(), "")
 }
 
+func hasUnderscoreName(h http.Header) bool {
+	for name := range h {
+		if strings.IndexByte(name, '_') >= 0 {
+			return true
+		}
+	}
+	return false
+}
+
+// gatewaySet are the headers rewrite sets on every forwarded request.
+var gatewaySet = []string{
+	"Authorization", "X-Forwarded-For", "X-Forwarded-Host", "X-Forwarded-Proto",
+	guard.HeaderUpstreamID, guard.HeaderUpstreamSubject,
+}
+
 func validHeaderValue(s string) bool {
 	for i := 0; i < len(s); i++ {
 		if c := s[i]; (c < ' ' && c != '\t') || c == 0x7f {
@@ -271,11 +318,23 @@ func validHeaderValue(s string) bool {
 	return s != ""
 }
 
+// copyBufferSize is the size of the buffers ReverseProxy copies bodies
+// with.
+const copyBufferSize = 32 << 10
+
+// bufferPool pools ReverseProxy's copy buffers as array pointers: a buffer
+// handed back is converted to the pointer to its own array, so Put
+// allocates nothing (pooling a *[]byte would allocate one per Put).
 type bufferPool struct{ p sync.Pool }
 
 func newBufferPool() *bufferPool {
-	return &bufferPool{p: sync.Pool{New: func() any { b := make([]byte, 32<<10); return &b }}}
+	return &bufferPool{p: sync.Pool{New: func() any { return new([copyBufferSize]byte) }}}
 }
 
-func (b *bufferPool) Get() []byte  { return *(b.p.Get().(*[]byte)) }
-func (b *bufferPool) Put(x []byte) { b.p.Put(&x) }
+func (b *bufferPool) Get() []byte { return b.p.Get().(*[copyBufferSize]byte)[:] }
+
+func (b *bufferPool) Put(x []byte) {
+	if cap(x) >= copyBufferSize {
+		b.p.Put((*[copyBufferSize]byte)(x[:copyBufferSize]))
+	}
+}

@@ -1,17 +1,23 @@
 // Command bench is `make bench`: it measures, side by side in one run, a
 // sample backend, a plain tuned httputil.ReverseProxy, policygate with the
 // reference RBAC policy (testdata/bench/rbac) with its decision cache off and
-// on, and the sidecar pattern (a reverse proxy asking `opa run --server` over
-// REST), under the same load from wrk on loopback.
+// on, the sidecar pattern (a reverse proxy asking `opa run --server` over
+// REST), and policygate without the cache whose route is rate-limited per
+// caller through a private redis-server (ratelimited), under the same load
+// from wrk on loopback.
 //
 // Servers share one set of CPUs (BENCH_SERVER_CPUS, default CPU 0) and wrk
 // runs on another (BENCH_CLIENT_CPUS, default CPU 1). Every variant is run
 // BENCH_REPS times, interleaved, each run after a warm-up; the table reports
 // medians. It ends with one machine-readable line:
 //
-//	bench: plain=1.00 cached=<r> uncached=<r> sidecar=<r>
+//	bench: plain=1.00 cached=<r> uncached=<r> sidecar=<r> ratelimited=<r>
 //
 // the req/s of each variant as a ratio to the plain proxy of the same run.
+// The notes state the server CPU per request rate limiting adds
+// (ratelimited minus uncached). redis-server is started without persistence
+// on a free loopback port, pinned with the other servers; without it the
+// ratelimited variant is reported n/a.
 // It reports numbers; it asserts nothing about them.
 //
 // Every process it starts is stopped by PID when it ends, on error and on

@@ -23,9 +23,10 @@ type sample struct {
 	requests int64
 	rps      float64
 	p50, p99 time.Duration
-	cpu      float64 // CPU µs per request, every server process of the variant
-	proxyCPU float64 // the same without the backend
-	errors   int64   // connect, read, write and timeout errors
+	cpu      float64   // CPU µs per request, every server process of the variant
+	proxyCPU float64   // the same without the backend
+	procCPU  []float64 // CPU µs per request of each process, in target.procs order
+	errors   int64     // connect, read, write and timeout errors
 	non2xx   int64
 	// util is the share of the server CPUs' time the variant's servers
 	// used: near 100% when the load saturates them. other is the share of
@@ -88,7 +89,7 @@ func (b *bench) measure(ctx context.Context, arms []*arm) error {
 					a.anomaly = append(a.anomaly, fmt.Sprintf("c=%d rep %d: %d socket errors, %d non-2xx of %d requests", ph.conns, rep+1, smp.errors, smp.non2xx, smp.requests))
 				}
 				*ph.into(a) = append(*ph.into(a), smp)
-				fmt.Fprintf(b.log, "  c=%-4d rep %d/%d %-9s %9.0f req/s  p50 %s  p99 %s  cpu %.1f µs/req  util %.0f%%  other %.0f%%\n",
+				fmt.Fprintf(b.log, "  c=%-4d rep %d/%d %-11s %9.0f req/s  p50 %s  p99 %s  cpu %.1f µs/req  util %.0f%%  other %.0f%%\n",
 					ph.conns, rep+1, b.s.reps, a.v.name, smp.rps, fmtDur(smp.p50), fmtDur(smp.p99), smp.cpu, smp.util, smp.other)
 			}
 		}
@@ -113,7 +114,7 @@ func (b *bench) runClean(ctx context.Context, a *arm, conns int, d time.Duration
 			return best, nil
 		}
 		a.retried++
-		fmt.Fprintf(b.log, "  c=%-4d %-9s other work took %.0f%% of the pinned CPUs; running again\n", conns, a.v.name, smp.other)
+		fmt.Fprintf(b.log, "  c=%-4d %-11s other work took %.0f%% of the pinned CPUs; running again\n", conns, a.v.name, smp.other)
 	}
 }
 
@@ -173,9 +174,11 @@ func (b *bench) runOnce(ctx context.Context, t *target, conns int, d time.Durati
 		return float64(ticks) * float64(b.tick) / float64(time.Microsecond) / float64(res.requests)
 	}
 	var all, backend uint64
+	s.procCPU = make([]float64, len(t.procs))
 	for i, p := range t.procs {
 		delta := after[i] - before[i]
 		all += delta
+		s.procCPU[i] = perReq(delta)
 		if p == b.backend {
 			backend += delta
 		}

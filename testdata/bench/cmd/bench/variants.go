@@ -6,6 +6,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"net"
 	"net/http"
 	"os"
 	"os/exec"
@@ -17,8 +18,8 @@ import (
 // baseline is the variant every ratio is relative to.
 const baseline = "plain"
 
-// variant is one row of the table. Adding one (say, policygate with a
-// Redis-backed rate limit) is an entry here and, usually, a pgOptions.
+// variant is one row of the table. Adding one is an entry here and,
+// usually, a pgOptions.
 type variant struct {
 	name  string // row name and key of the bench: line
 	about string
@@ -42,6 +43,7 @@ var variants = []variant{
 	{name: "uncached", about: "policygate, RBAC policy, no decision cache", ratio: true,
 		start: startPolicygate(pgOptions{name: "uncached"})},
 	{name: "sidecar", about: "reverse proxy + JWT check + opa run --server over REST", ratio: true, start: startSidecar},
+	{name: "ratelimited", about: "policygate uncached + a route rate limit checked in a private redis-server", ratio: true, start: startRateLimited},
 }
 
 // target is a started variant: where the load goes and which processes
@@ -96,6 +98,74 @@ func startSidecar(ctx context.Context, b *bench) (*target, error) {
 		t.logs = []string{b.opa.log} // OPA's console decision log is its stdout
 	}
 	return t, nil
+}
+
+// rateLimitPerMinute is the ratelimited variant's limit per caller: far
+// above what any run can send, so that every request is allowed and what
+// is measured is the cost of checking a limit, not of rejecting.
+const rateLimitPerMinute = 100_000_000
+
+// startRateLimited starts a private redis-server (loopback, no
+// persistence, pinned with the other servers) and policygate without the
+// decision cache, its route limited per caller through that Redis and
+// failing closed, as a production route would be. Redis does part of the
+// limit's work, so its CPU counts as the variant's: ratelimited minus
+// uncached is the server CPU rate limiting adds to a request.
+func startRateLimited(ctx context.Context, b *bench) (*target, error) {
+	bin, err := exec.LookPath("redis-server")
+	if err != nil {
+		return nil, &unavailable{reason: "redis-server not found (Debian: apt-get install -y redis-server)"}
+	}
+	addr, err := freeAddr()
+	if err != nil {
+		return nil, err
+	}
+	host, port, err := net.SplitHostPort(addr)
+	if err != nil {
+		return nil, err
+	}
+	redis, err := b.startProc("redis", nil, bin, "--bind", host, "--port", port,
+		"--save", "", "--appendonly", "no", "--dir", b.work)
+	if err != nil {
+		return nil, err
+	}
+	if err := redis.waitReady(ctx, redisPing(addr)); err != nil {
+		return nil, err
+	}
+	// The check timeout is raised from its 50ms default so that a busy
+	// machine measures the allow path: a timed-out check fails closed, a
+	// cheaper 503 answer.
+	t, err := startPolicygate(pgOptions{
+		name: "ratelimited",
+		top:  fmt.Sprintf("rate_limit:\n  backend: redis\n  timeout: 1s\n  redis:\n    addrs: [%q]\n", addr),
+		route: fmt.Sprintf("    rate_limit:\n      limits: [{key: \"caller:{subject}\", limit: %d, period: 1m}]\n      failure_mode: fail_closed\n",
+			rateLimitPerMinute),
+		newKeys:     []string{"rate_limit"},
+		unavailable: "rate limits not available yet",
+	})(ctx, b)
+	if err != nil {
+		return nil, err
+	}
+	t.procs = []*proc{t.procs[0], redis, b.backend}
+	return t, nil
+}
+
+// redisPing is a readiness check: the Redis server at addr answers PING.
+func redisPing(addr string) func(context.Context) bool {
+	return func(ctx context.Context) bool {
+		c, err := (&net.Dialer{Timeout: time.Second}).DialContext(ctx, "tcp", addr)
+		if err != nil {
+			return false
+		}
+		defer c.Close()
+		_ = c.SetDeadline(time.Now().Add(time.Second))
+		if _, err := io.WriteString(c, "*1\r\n$4\r\nPING\r\n"); err != nil {
+			return false
+		}
+		buf := make([]byte, 7)
+		_, err = io.ReadFull(c, buf)
+		return err == nil && string(buf) == "+PONG\r\n"
+	}
 }
 
 // pgOptions describes one policygate variant: its name and what its
