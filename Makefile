@@ -51,7 +51,7 @@ fuzz:
 test: deps vet policytest gotest fuzz
 
 # bench runs testdata/bench/cmd/bench (README, Benchmarks): wrk on loopback
-# against a plain proxy, policygate and an OPA sidecar; about four minutes
+# against a plain proxy, policygate and an OPA sidecar; about five minutes
 # with the defaults (BENCH_DURATION, BENCH_REPS, BENCH_CONNS, ...). wrk is
 # installed from Debian when missing and run as root.
 bench:
