@@ -135,12 +135,6 @@ func (s *Server) request(cr *authv3.CheckRequest) (*guard.Request, error) {
 			addHeader(req.Header, k, val)
 		}
 	}
-	// HTTP/2 pseudo-headers are attributes, not headers.
-	for k := range req.Header {
-		if strings.HasPrefix(k, ":") {
-			delete(req.Header, k)
-		}
-	}
 	body := httpReq.GetRawBody()
 	if len(body) == 0 && httpReq.GetBody() != "" {
 		body = []byte(httpReq.GetBody())
@@ -179,12 +173,10 @@ func (s *Server) withoutSecrets(cr *authv3.CheckRequest) *authv3.CheckRequest {
 	return c
 }
 
+// addHeader adds one request header. HTTP/2 pseudo-headers (:path,
+// :method, ...) are attributes Envoy sends separately, not headers.
 func addHeader(h http.Header, k, v string) {
-	if k == "" {
-		return
-	}
-	if strings.HasPrefix(k, ":") {
-		h[k] = append(h[k], v)
+	if k == "" || strings.HasPrefix(k, ":") {
 		return
 	}
 	h.Add(k, v)

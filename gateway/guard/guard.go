@@ -56,8 +56,9 @@ type Config struct {
 	// TrustedProxies are peers whose forwarding headers (X-Forwarded-*,
 	// Forwarded, X-Original-URL, ...) are believed. Empty: nobody's are.
 	TrustedProxies []netip.Prefix
-	// RateLimits enforces route and decision rate limits. Nil: requests
-	// are not rate-limited (a decision's rate_limit is then ignored).
+	// RateLimits enforces route and decision rate limits. Nil: routes are
+	// not rate-limited, and a decision that returns rate_limit is denied
+	// (503 rate_limit_unavailable) since its limit cannot be enforced.
 	RateLimits *ratelimit.Enforcer
 	// Registerer receives the request metrics. Nil registers nothing.
 	Registerer prometheus.Registerer
@@ -267,25 +268,11 @@ func (v *Verdict) Start() time.Time { return v.start }
 // Verdict for a request it could not fully canonicalize, route,
 // authenticate and evaluate.
 func (g *Guard) Check(ctx context.Context, req *Request) *Verdict {
-	start := req.Start
-	if start.IsZero() {
-		start = time.Now()
-	}
-	in := &decision.Input{Identity: decision.Anonymous(), Extra: req.Extra}
-	in.Request = decision.Request{
-		ID:         decision.NewID(),
-		Method:     req.Method,
-		RawPath:    rawPathOf(req.Target),
-		Headers:    map[string]string{},
-		Query:      map[string][]string{},
-		Segments:   []string{},
-		RemoteAddr: "",
-		Scheme:     "http",
-	}
+	v, in := begin(req)
+	in.Extra = req.Extra
 	if req.TLS {
 		in.Request.Scheme = "https"
 	}
-	v := &Verdict{start: start, frontDoor: req.FrontDoor}
 	peer, trusted := g.clientAddr(req.Peer, req.Header)
 	if peer.IsValid() {
 		in.Request.RemoteAddr = peer.String()
@@ -312,9 +299,6 @@ func (g *Guard) Check(ctx context.Context, req *Request) *Verdict {
 	}
 	v.Route = rt
 	in.Route = decision.Route{Name: rt.Name, Labels: rt.Labels}
-	if in.Route.Labels == nil {
-		in.Route.Labels = map[string]string{}
-	}
 	if !rt.AllowEncodedSlash && tg.EncodedSlash {
 		return g.refuse(v, in, http.StatusBadRequest, "bad_path", errors.New("encoded slash not allowed on this route"))
 	}
@@ -355,6 +339,12 @@ func (g *Guard) Check(ctx context.Context, req *Request) *Verdict {
 	}
 	// Only requests the policy allowed spend quota; all of a request's
 	// limits are checked together, so one that rejects spends nothing.
+	if g.limits == nil && len(d.Result.RateLimits) > 0 {
+		// A limit the policy asked for cannot be enforced: deny rather
+		// than let the call through unlimited.
+		v.Allowed, v.Status, v.Code, v.Reason = false, http.StatusServiceUnavailable, "rate_limit_unavailable", ""
+		return v
+	}
 	if g.limits != nil && (rt.RateLimit != nil || len(d.Result.RateLimits) > 0) {
 		id := &in.Identity
 		out := g.limits.Check(ctx, rt.RateLimit, &ratelimit.Values{
@@ -396,19 +386,32 @@ func (g *Guard) refuse(v *Verdict, in *decision.Input, status int, code string, 
 // decision path (an untrusted forward-auth caller, a malformed ext_authz
 // Check), so that it is recorded like every other request.
 func (g *Guard) Refuse(req *Request, status int, code string, cause error) *Verdict {
+	v, in := begin(req)
+	if req.Peer.IsValid() {
+		in.Request.RemoteAddr = req.Peer.Unmap().String()
+	}
+	return g.refuse(v, in, status, code, cause)
+}
+
+// begin starts the Verdict and the input of req with what is known before
+// anything is parsed: a new decision id, the method, the raw path (never
+// its query) and empty collections.
+func begin(req *Request) (*Verdict, *decision.Input) {
 	start := req.Start
 	if start.IsZero() {
 		start = time.Now()
 	}
 	in := &decision.Input{Identity: decision.Anonymous()}
 	in.Request = decision.Request{
-		ID: decision.NewID(), Method: req.Method, RawPath: rawPathOf(req.Target),
-		Headers: map[string]string{}, Query: map[string][]string{}, Segments: []string{}, Scheme: "http",
+		ID:       decision.NewID(),
+		Method:   req.Method,
+		RawPath:  rawPathOf(req.Target),
+		Headers:  map[string]string{},
+		Query:    map[string][]string{},
+		Segments: []string{},
+		Scheme:   "http",
 	}
-	if req.Peer.IsValid() {
-		in.Request.RemoteAddr = req.Peer.Unmap().String()
-	}
-	return g.refuse(&Verdict{start: start, frontDoor: req.FrontDoor}, in, status, code, cause)
+	return &Verdict{start: start, frontDoor: req.FrontDoor}, in
 }
 
 // Record logs the request's decision with how it ended. The event is

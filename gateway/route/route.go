@@ -180,6 +180,9 @@ func prefixErrs(key string, err error) error {
 func parse(c Config, opts Options) (*Route, error) {
 	var errs []error
 	r := &Route{Name: c.Name, Labels: c.Labels, LogFailClosed: c.LogFailClosed, AllowEncodedSlash: c.AllowEncodedSlash, BodyLimit: c.BodyLimit, Timeout: 30 * time.Second}
+	if r.Labels == nil {
+		r.Labels = map[string]string{} // input.route.labels is always an object
+	}
 	if c.Name == "" {
 		errs = append(errs, errors.New("name: required"))
 	}
