@@ -181,6 +181,13 @@ func (s *encodeScratch) event(b []byte, ev *decision.Event, erased []string) ([]
 // value appends v as encoding/json would. Once ok is false the output is
 // discarded, so the rest is written carelessly.
 func (s *encodeScratch) value(b []byte, v any, ok bool) ([]byte, bool) {
+	return s.encode(b, v, ok, false)
+}
+
+// encode writes v as JSON. With nilEmpty, nil maps and lists are written
+// empty ({} / []) as Input.Map's deep copy holds them; otherwise null, as
+// json.Marshal writes them.
+func (s *encodeScratch) encode(b []byte, v any, ok, nilEmpty bool) ([]byte, bool) {
 	switch t := v.(type) {
 	case nil:
 		return append(b, "null"...), ok
@@ -205,6 +212,9 @@ func (s *encodeScratch) value(b []byte, v any, ok bool) ([]byte, bool) {
 		return strconv.AppendInt(b, t, 10), ok
 	case map[string]any:
 		if t == nil {
+			if nilEmpty {
+				return append(b, "{}"...), ok
+			}
 			return append(b, "null"...), ok
 		}
 		b = append(b, '{')
@@ -216,12 +226,15 @@ func (s *encodeScratch) value(b []byte, v any, ok bool) ([]byte, bool) {
 			k := s.keys[i]
 			b = appendString(b, k)
 			b = append(b, ':')
-			b, ok = s.value(b, t[k], ok)
+			b, ok = s.encode(b, t[k], ok, nilEmpty)
 		}
 		s.keys = s.keys[:start]
 		return append(b, '}'), ok
 	case []any:
 		if t == nil {
+			if nilEmpty {
+				return append(b, "[]"...), ok
+			}
 			return append(b, "null"...), ok
 		}
 		b = append(b, '[')
@@ -229,12 +242,18 @@ func (s *encodeScratch) value(b []byte, v any, ok bool) ([]byte, bool) {
 			if i > 0 {
 				b = append(b, ',')
 			}
-			b, ok = s.value(b, x, ok)
+			b, ok = s.encode(b, x, ok, nilEmpty)
 		}
 		return append(b, ']'), ok
 	case []string:
+		if nilEmpty {
+			return s.stringList(b, t), ok
+		}
 		return s.strings(b, t), ok
 	case map[string]string:
+		if nilEmpty && t == nil {
+			return append(b, "{}"...), ok
+		}
 		return s.stringMap(b, t), ok
 	}
 	raw, err := json.Marshal(v)

@@ -162,45 +162,7 @@ func (s *encodeScratch) stringList(b []byte, ss []string) []byte {
 // copied writes v as Map's deep copy holds it: nil maps and lists (of the
 // kinds the copy converts) are empty, the rest as written by value.
 func (s *encodeScratch) copied(b []byte, v any, ok bool) ([]byte, bool) {
-	switch t := v.(type) {
-	case map[string]any:
-		if t == nil {
-			return append(b, "{}"...), ok
-		}
-		b = append(b, '{')
-		start, end := sortKeys(s, t)
-		for i := start; i < end; i++ {
-			if i > start {
-				b = append(b, ',')
-			}
-			k := s.keys[i]
-			b = appendString(b, k)
-			b = append(b, ':')
-			b, ok = s.copied(b, t[k], ok)
-		}
-		s.keys = s.keys[:start]
-		return append(b, '}'), ok
-	case []any:
-		if t == nil {
-			return append(b, "[]"...), ok
-		}
-		b = append(b, '[')
-		for i, x := range t {
-			if i > 0 {
-				b = append(b, ',')
-			}
-			b, ok = s.copied(b, x, ok)
-		}
-		return append(b, ']'), ok
-	case []string:
-		return s.stringList(b, t), ok
-	case map[string]string:
-		if t == nil {
-			return append(b, "{}"...), ok
-		}
-		return s.stringMap(b, t), ok
-	}
-	return s.value(b, v, ok)
+	return s.encode(b, v, ok, true)
 }
 
 // body writes the request body as Map copies it with the fields apply
